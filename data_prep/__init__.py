@@ -1,0 +1,1 @@
+"""Offline data preparation: corpus reading, WordPiece training and NSP pair building."""
