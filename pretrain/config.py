@@ -1,0 +1,312 @@
+"""Typed schema of `bert-pretrain`'s Hydra config, and the one place run-time fields are derived.
+
+The YAML under `conf/` is checked against these dataclasses when Hydra composes it (unknown keys and
+wrong types fail there); `to_typed` then builds real dataclass instances so each `__post_init__`
+validates values. `resolve_runtime` fills what only the data and the launch know (vocabulary size,
+gradient accumulation) and checks them against the data manifest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.errors import UserError
+from pretrain.model import BertConfig
+
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
+
+
+@dataclass
+class MaskingSchema:
+    """Dynamic masking (see `pretrain/masking.py`), applied freshly every epoch."""
+
+    mlm_probability: float = 0.15
+    """Fraction of maskable tokens chosen per sequence."""
+    mask_token_prob: float = 0.8
+    """Of the chosen tokens, the fraction replaced with [MASK]."""
+    random_token_prob: float = 0.1
+    """Of the chosen tokens, the fraction replaced with a random token (the rest stay unchanged)."""
+    whole_word_masking: bool = False
+    """Choose whole words (a token and its ## continuations) instead of single tokens."""
+    pad_to_multiple_of: int = 8
+    """Pad each batch's length up to a multiple of this (tensor-core friendly shapes)."""
+    max_predictions_per_seq: int | None = None
+    """Cap on chosen tokens per sequence (Google's max_predictions_per_seq); None: no cap."""
+
+
+@dataclass
+class DataConfig:
+    """Where the prepared pairs are and how batches are made from them."""
+
+    dir: str = "???"
+    """Directory written by `bert-prep` (holds manifest.json, train/, validation/, tokenizer/)."""
+    tokenizer_dir: str | None = None
+    """Tokenizer to check against the manifest; None: the copy inside `dir`."""
+    global_batch_size: int = 256
+    """Sequences per optimizer step, over all processes and accumulation steps. Stated once:
+    accumulation = global_batch_size / (micro_batch_size × world size)."""
+    micro_batch_size: int = 32
+    """Sequences per forward pass on one process."""
+    val_batch_size: int = 64
+    """Sequences per validation forward pass on one process."""
+    num_workers: int = 2
+    """DataLoader worker processes per training process (0: load in the main process)."""
+    masking: MaskingSchema = field(default_factory=MaskingSchema)
+
+    def __post_init__(self) -> None:
+        for name in ("global_batch_size", "micro_batch_size", "val_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"data.global_batch_size={self.global_batch_size} is not a multiple of "
+                f"data.micro_batch_size={self.micro_batch_size}; pick sizes that divide"
+            )
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (decoupled weight decay); no decay on biases and LayerNorm weights."""
+
+    name: str = "adamw"
+    """Optimizer. `adamw` for now; LAMB arrives with the large-batch recipes."""
+    lr: float = 1e-4
+    """Peak learning rate, reached at the end of warm-up."""
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-6
+    """BERT's epsilon (larger than PyTorch's 1e-8)."""
+    weight_decay: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.name != "adamw":
+            raise ValueError(f"optim.name={self.name!r} is not supported; use 'adamw'")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"optim.beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, stepped once per optimizer step."""
+
+    name: str = "linear"
+    """`linear` (warm-up then linear decay, BERT's), `polynomial` (decay with `power`), `constant`."""
+    warmup_steps: int | None = None
+    """Warm-up length in optimizer steps; None: use warmup_fraction."""
+    warmup_fraction: float = 0.01
+    """Warm-up as a fraction of trainer.max_steps when warmup_steps is None."""
+    power: float = 1.0
+    """Exponent of the polynomial decay (1.0 is linear)."""
+    min_lr_ratio: float = 0.0
+    """Floor of the decay, as a fraction of the peak learning rate."""
+
+    def __post_init__(self) -> None:
+        if self.name not in ("linear", "polynomial", "constant"):
+            raise ValueError(
+                f"schedule.name={self.name!r} is unknown; use linear, polynomial or constant"
+            )
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"schedule.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def warmup(self, max_steps: int) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_fraction * max_steps)
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings that the framework exposes (step-based training)."""
+
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    accelerator: str = "auto"
+    """`cpu`, `gpu`, or `auto`."""
+    devices: Any = "auto"
+    """Devices per node: an int, or `auto`."""
+    num_nodes: int = 1
+    precision: str = "bf16-mixed"
+    """`bf16-mixed` (default), `16-mixed`, `32`. Torch autocast on the default strategies."""
+    gradient_clip_val: float | None = 1.0
+    """Clip the global gradient norm to this; None: no clipping."""
+    val_check_interval: int = 500
+    """Validate every this many optimizer steps (and at the end)."""
+    limit_val_batches: int | None = None
+    """Validation batches per process each time; None: the whole held-out split."""
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: int = 500
+    """Write a resumable checkpoint every this many optimizer steps (and at the end)."""
+    deterministic: bool = False
+    """Ask PyTorch for deterministic kernels (slower)."""
+    enable_progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "num_nodes", "val_check_interval", "log_every_n_steps",
+                     "checkpoint_every_n_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"trainer.{name} must be positive, got {getattr(self, name)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"trainer.precision={self.precision!r} is unknown; use one of {PRECISIONS}")
+        if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
+            raise ValueError(f"trainer.gradient_clip_val must be positive or null, got {self.gradient_clip_val}")
+
+
+@dataclass
+class StrategyConfig:
+    """How work is spread over processes (see `pretrain/strategy.py`)."""
+
+    name: str = "auto"
+    """`auto` (one process) or `ddp`."""
+    find_unused_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        if self.name not in ("auto", "ddp"):
+            raise ValueError(f"strategy.name={self.name!r} is unknown; use auto or ddp")
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go."""
+
+    name: str = "csv"
+    """`csv` (metrics.csv in the run dir), `wandb`, or `none`."""
+    project: str = "bert-pretrain"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user); None: your default."""
+    mode: str = "auto"
+    """W&B mode: `online`, `offline`, or `auto` (online when an API key is configured)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in ("csv", "wandb", "none"):
+            raise ValueError(f"logger.name={self.name!r} is unknown; use csv, wandb or none")
+        if self.mode not in ("auto", "online", "offline"):
+            raise ValueError(f"logger.mode={self.mode!r} is unknown; use auto, online or offline")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything `bert-pretrain` needs; the resolved copy is saved in the run directory."""
+
+    name: str = "default"
+    """Run name: the run directory is `${work_dir}/runs/${name}`, the same for every process."""
+    work_dir: str = "work"
+    """Root of tokenizers, data and runs (relative to the working directory)."""
+    run_dir: str = "${work_dir}/runs/${name}"
+    """Checkpoints, logs, resolved config and summary of this run."""
+    seed: int = 1234
+    """Seeds initialization, data order and masks."""
+    resume: str = "auto"
+    """`auto`: continue from the run directory's last checkpoint if any; `never`; or a checkpoint path."""
+    model: BertConfig = field(default_factory=BertConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        warmup = self.schedule.warmup(self.trainer.max_steps)
+        if self.schedule.name != "constant" and warmup >= self.trainer.max_steps:
+            raise ValueError(
+                f"schedule warm-up ({warmup} steps) must be shorter than trainer.max_steps="
+                f"{self.trainer.max_steps}"
+            )
+
+
+def register_configs() -> None:
+    """Make the schema the base of `conf/pretrain.yaml` (see its defaults list)."""
+    ConfigStore.instance().store(name="pretrain_schema", node=PretrainConfig)
+
+
+def to_typed(cfg: DictConfig) -> PretrainConfig:
+    """Composed DictConfig -> validated dataclasses; a bad value becomes a `UserError`."""
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except ValueError as err:  # raised by a __post_init__, names the field
+        raise UserError(f"invalid config: {err}") from None
+    assert isinstance(typed, PretrainConfig)
+    return typed
+
+
+@dataclass
+class Runtime:
+    """Fields that only the launch and the data determine, derived once in `resolve_runtime`."""
+
+    world_size: int
+    accumulate_grad_batches: int
+    manifest: dict
+    data_dir: Path
+    tokenizer_dir: Path
+
+
+def load_manifest(data_dir: Path) -> dict:
+    path = data_dir / "manifest.json"
+    if not data_dir.is_dir():
+        raise UserError(f"data.dir={str(data_dir)!r} does not exist; build it with `bert-prep` first")
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing: {data_dir} is not a finished `bert-prep` output; re-run `bert-prep`"
+        )
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err}); re-run `bert-prep` with force=true") from None
+
+
+def resolve_runtime(cfg: PretrainConfig, world_size: int) -> Runtime:
+    """Fill `cfg.model.vocab_size` from the manifest and derive gradient accumulation.
+
+    Mutates `cfg.model` in place (the only derived model field) and returns the rest.
+    """
+    from pretrain.tokenizer_check import check_tokenizer_matches  # avoids importing tokenizers early
+
+    data_dir = Path(cfg.data.dir)
+    manifest = load_manifest(data_dir)
+    tokenizer_dir = Path(cfg.data.tokenizer_dir) if cfg.data.tokenizer_dir else data_dir / "tokenizer"
+    check_tokenizer_matches(tokenizer_dir, manifest, data_dir)
+
+    vocab = int(manifest["tokenizer"]["vocab_size"])
+    if cfg.model.vocab_size is None:
+        cfg.model.vocab_size = vocab
+    elif cfg.model.vocab_size != vocab:
+        raise UserError(
+            f"model.vocab_size={cfg.model.vocab_size} but the tokenizer of {data_dir} has {vocab} "
+            f"tokens (manifest.json); remove the override or rebuild the data with a matching tokenizer"
+        )
+    max_len = int(manifest["max_seq_length"])
+    if max_len > cfg.model.max_position_embeddings:
+        raise UserError(
+            f"{data_dir} holds sequences of up to {max_len} tokens but model.max_position_embeddings="
+            f"{cfg.model.max_position_embeddings}; raise it or rebuild the data with a shorter max_seq_length"
+        )
+
+    per_step = cfg.data.micro_batch_size * world_size
+    if cfg.data.global_batch_size % per_step:
+        raise UserError(
+            f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by "
+            f"data.micro_batch_size × world size = {cfg.data.micro_batch_size} × {world_size}; "
+            f"change one of them"
+        )
+    return Runtime(
+        world_size=world_size,
+        accumulate_grad_batches=cfg.data.global_batch_size // per_step,
+        manifest=manifest,
+        data_dir=data_dir,
+        tokenizer_dir=tokenizer_dir,
+    )

@@ -1,0 +1,175 @@
+"""Pretraining data: a step-indexed sample stream over the prepared pairs, and the DataModule.
+
+Training reads one endless stream: epoch e is a permutation of the split seeded by (seed, e), and
+the epochs follow each other. Optimizer step k consumes stream positions [k·G, (k+1)·G) for the
+global batch size G, whatever the number of processes: process r of W takes the r-th contiguous
+1/W of it. So the samples of a step do not depend on the world size, and resuming at step k needs
+nothing but k (read from the restored trainer) to continue with the next unseen sample. Each item
+carries its (epoch, index) key so the collator derives masks from it, not from worker state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pretrain.errors import UserError
+from pretrain.masking import MaskingCollator, MaskingConfig, continuation_ids_from_vocab
+from pretrain.tokenizer_check import read_vocab
+
+COLUMNS = ("input_ids", "token_type_ids", "next_sentence_label")
+
+
+class SampleKey(tuple):
+    """(epoch, index): which pass over the split, and which row of it."""
+
+    __slots__ = ()
+
+    def __new__(cls, epoch: int, index: int):
+        return super().__new__(cls, (epoch, index))
+
+
+class TrainStreamSampler(Sampler[SampleKey]):
+    """Endless, resumable, rank-aware stream of sample keys (see the module docstring)."""
+
+    def __init__(self, num_samples: int, global_batch_size: int, rank: int, world_size: int,
+                 seed: int, start_step: int = 0):
+        if global_batch_size % world_size:
+            raise ValueError(f"global batch {global_batch_size} not divisible by world size {world_size}")
+        self.num_samples = num_samples
+        self.global_batch_size = global_batch_size
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.start_step = start_step
+
+    @lru_cache(maxsize=2)  # noqa: B019 — a sampler lives as long as its loader; 2 epochs straddle a step
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        per_rank = self.global_batch_size // self.world_size
+        step = self.start_step
+        while True:
+            first = step * self.global_batch_size + self.rank * per_rank
+            for position in range(first, first + per_rank):
+                epoch, offset = divmod(position, self.num_samples)
+                yield SampleKey(epoch, int(self._permutation(epoch)[offset]))
+            step += 1
+
+
+class ValidationSampler(Sampler[SampleKey]):
+    """The held-out split in order, one contiguous share per process, with fixed epoch-0 masks."""
+
+    def __init__(self, num_samples: int, rank: int, world_size: int, limit: int | None = None):
+        share = -(-num_samples // world_size)
+        indices = range(rank * share, min((rank + 1) * share, num_samples))
+        self.indices = indices if limit is None else indices[:limit]
+
+    def __iter__(self) -> Iterator[SampleKey]:
+        return (SampleKey(0, i) for i in self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class PairDataset(Dataset):
+    """Rows of a prepared split, fetched by `SampleKey`, with the key attached for the collator."""
+
+    def __init__(self, path: Path):
+        import datasets
+
+        try:
+            self.rows = datasets.load_from_disk(str(path))
+        except FileNotFoundError as err:
+            raise UserError(f"{path} is missing or incomplete ({err}); re-run `bert-prep` with force=true") from None
+        missing = [c for c in COLUMNS if c not in self.rows.column_names]
+        if missing:
+            raise UserError(f"{path} lacks columns {missing}; it was not written by this `bert-prep`")
+        self.rows = self.rows.select_columns(list(COLUMNS))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: SampleKey) -> dict:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[SampleKey]) -> list[dict]:
+        # One Arrow read for the whole micro-batch instead of one per row.
+        cols = self.rows[[index for _, index in keys]]
+        return [
+            {"input_ids": cols["input_ids"][i], "token_type_ids": cols["token_type_ids"][i],
+             "next_sentence_label": cols["next_sentence_label"][i], "epoch": epoch, "index": index}
+            for i, (epoch, index) in enumerate(keys)
+        ]
+
+
+@dataclass
+class LoaderSettings:
+    global_batch_size: int
+    micro_batch_size: int
+    val_batch_size: int
+    num_workers: int
+    limit_val_batches: int | None
+    seed: int
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Train stream and held-out validation over a `bert-prep` directory."""
+
+    def __init__(self, data_dir: Path, tokenizer_dir: Path, manifest: dict,
+                 masking: MaskingConfig, loader: LoaderSettings):
+        super().__init__()
+        self.data_dir = data_dir
+        self.manifest = manifest
+        self.loader = loader
+        ids = manifest["special_token_ids"]
+        vocab = read_vocab(tokenizer_dir)
+        self.collator = MaskingCollator(
+            masking,
+            vocab_size=len(vocab),
+            pad_id=ids["pad"],
+            mask_id=ids["mask"],
+            special_ids=[ids["pad"], ids["cls"], ids["sep"], ids["mask"]],
+            seed=loader.seed,
+            continuation_ids=continuation_ids_from_vocab(vocab) if masking.whole_word_masking else None,
+        )
+        self.train_set: PairDataset | None = None
+        self.val_set: PairDataset | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.train_set is None:
+            self.train_set = PairDataset(self.data_dir / "train")
+            self.val_set = PairDataset(self.data_dir / "validation")
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        # The trainer's step is restored before the loaders are built, so a resumed run starts at
+        # the first sample it has not seen.
+        start_step = self.trainer.global_step if self.trainer else 0
+        sampler = TrainStreamSampler(len(self.train_set), self.loader.global_batch_size, rank, world,
+                                     self.loader.seed, start_step)
+        return self._loader(self.train_set, sampler, self.loader.micro_batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        limit = self.loader.limit_val_batches
+        sampler = ValidationSampler(len(self.val_set), rank, world,
+                                    None if limit is None else limit * self.loader.val_batch_size)
+        return self._loader(self.val_set, sampler, self.loader.val_batch_size)
+
+    def _loader(self, dataset: PairDataset, sampler: Sampler, batch_size: int) -> DataLoader:
+        workers = self.loader.num_workers
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collator,
+                          num_workers=workers, persistent_workers=workers > 0,
+                          prefetch_factor=4 if workers > 0 else None)

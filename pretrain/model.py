@@ -1,0 +1,348 @@
+"""BERT (Devlin et al., 2019) in plain PyTorch: the model for pretraining, export and fine-tuning.
+
+Nothing here knows about Lightning, DeepSpeed, Hydra or precision: those are applied from outside.
+Parameter names are our own; `hf_state_dict_key_map` maps each one onto exactly one parameter of
+`transformers.BertForPreTraining`, so weights move both ways by renaming alone.
+
+Shapes in comments: B batch, T sequence length, H hidden size, nh heads, hs head size (H / nh),
+M number of masked positions in the batch, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class BertConfig:
+    """Architecture of a BERT encoder with pretraining heads."""
+
+    vocab_size: int | None = None
+    """Vocabulary size. None until filled from the tokenizer (the data manifest) at run time."""
+    hidden_size: int = 768
+    """Width H of every layer."""
+    num_layers: int = 12
+    """Number of encoder layers."""
+    num_heads: int = 12
+    """Attention heads per layer; must divide hidden_size."""
+    intermediate_size: int = 3072
+    """Width of the feed-forward inner layer (4 × H in the paper)."""
+    max_position_embeddings: int = 512
+    """Longest sequence the learned position table covers."""
+    type_vocab_size: int = 2
+    """Number of segment ids (sentence A / B)."""
+    hidden_dropout: float = 0.1
+    """Dropout on embeddings and on each residual branch."""
+    attention_dropout: float = 0.1
+    """Dropout on attention probabilities."""
+    layer_norm_eps: float = 1e-12
+    """LayerNorm epsilon (BERT's value)."""
+    initializer_range: float = 0.02
+    """Std of the normal init of weights."""
+    sparse_mlm: bool = True
+    """Compute the MLM head only at masked positions (same loss, far less work: the vocabulary
+    projection dominates small models). Off: logits for every position, as Hugging Face does."""
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size is not None and self.vocab_size <= 0:
+            raise ValueError(f"model.vocab_size must be positive, got {self.vocab_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size={self.hidden_size} is not divisible by "
+                f"model.num_heads={self.num_heads}"
+            )
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+# Sizes of Google's BERT release (Turc et al., 2019 for the small ones); FFN = 4 × H, heads = H / 64.
+PRESETS: dict[str, dict[str, int]] = {
+    "bert-tiny": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "bert-mini": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "bert-small": dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "bert-medium": dict(num_layers=8, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "bert-base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+    "bert-large": dict(num_layers=24, hidden_size=1024, num_heads=16, intermediate_size=4096),
+}
+
+
+def preset(name: str, **overrides) -> BertConfig:
+    """A named size, e.g. `preset("bert-mini", vocab_size=8192)`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return BertConfig(**{**PRESETS[name], **overrides})
+
+
+class Embeddings(nn.Module):
+    """Token + segment + position embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=0)
+        self.position = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.size(1)
+        positions = torch.arange(T, device=input_ids.device)  # (T,), broadcast over the batch
+        x = self.word(input_ids) + self.token_type(token_type_ids) + self.position(positions)
+        return self.dropout(self.norm(x))  # (B, T, H)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through `scaled_dot_product_attention` (fused kernels on GPU)."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.attention_dropout = cfg.attention_dropout
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, H = x.shape
+        # (B, T, H) -> (B, nh, T, hs)
+        q, k, v = (
+            proj(x).view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2)
+            for proj in (self.query, self.key, self.value)
+        )
+        dropout_p = self.attention_dropout if self.training else 0.0
+        # attn_mask: (B, 1, 1, T) bool, True = may attend; None when nothing is padded.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        y = y.transpose(1, 2).reshape(B, T, H)  # (B, nh, T, hs) -> (B, T, H)
+        return self.out(y)
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN transformer layer, as in the original BERT: x = LN(x + Dropout(sublayer(x)))."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(cfg)
+        self.attention_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.ffn_out = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask)))
+        x = self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
+        return x  # (B, T, H)
+
+
+class BertModel(nn.Module):
+    """The encoder: embeddings, layers and the tanh pooler over `[CLS]`."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("model.vocab_size is unset; it is filled from the tokenizer at run time")
+        self.cfg = cfg
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (last hidden states (B, T, H), pooled `[CLS]` output (B, H))."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        attn_mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            # (B, T) 1 = real token -> (B, 1, 1, T) broadcast over heads and query positions.
+            # Skipped when nothing is padded so SDPA can take its mask-free fast path.
+            attn_mask = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        pooled = torch.tanh(self.pooler(x[:, 0]))
+        return x, pooled
+
+
+class MLMHead(nn.Module):
+    """Dense + GELU + LayerNorm, then the decoder tied to the word embeddings, plus a bias."""
+
+    def __init__(self, cfg: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.word_embeddings = word_embeddings  # shared, not a copy: the decoder weight (V, H)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm(F.gelu(self.dense(h)))
+        return F.linear(h, self.word_embeddings.weight, self.bias)  # (..., V)
+
+
+class PretrainingOutput(NamedTuple):
+    mlm_logits: torch.Tensor
+    """(M, V) at masked positions when `mlm_labels` was given and `sparse_mlm` is on, else (B, T, V)."""
+    nsp_logits: torch.Tensor
+    """(B, 2): index 0 = B follows A, 1 = B is random."""
+    hidden_states: torch.Tensor
+    """(B, T, H) last encoder layer."""
+    pooled: torch.Tensor
+    """(B, H) pooler output."""
+
+
+class BertForPreTraining(nn.Module):
+    """BERT with its masked-language-model and next-sentence-prediction heads."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.bert = BertModel(cfg)
+        self.mlm = MLMHead(cfg, self.bert.embeddings.word)
+        self.nsp = nn.Linear(cfg.hidden_size, 2)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, initializer_range) weights, zero biases, unit LayerNorms (BERT's init)."""
+        std = self.cfg.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.mlm.bias)
+        # Hugging Face zeroes the padding row too; matching it keeps exported models identical.
+        self.bert.embeddings.word.weight[0].zero_()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+    ) -> PretrainingOutput:
+        """`mlm_labels` (B, T), −100 where not masked: with `sparse_mlm`, selects the rows to score."""
+        hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        if mlm_labels is not None and self.cfg.sparse_mlm:
+            # Gather before the (H -> V) projection: (B, T, H) -> (M, H). Exact same logits at
+            # those positions, ~1/7 of the work at 15% masking.
+            mlm_logits = self.mlm(hidden[mlm_labels != -100])
+        else:
+            mlm_logits = self.mlm(hidden)
+        return PretrainingOutput(mlm_logits, self.nsp(pooled), hidden, pooled)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # tied weights count once
+        if exclude_embeddings:
+            emb = self.bert.embeddings
+            n -= sum(p.numel() for m in (emb.word, emb.position, emb.token_type)
+                     for p in m.parameters())
+        return n
+
+
+def pretraining_loss(
+    out: PretrainingOutput, mlm_labels: torch.Tensor, next_sentence_label: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, mlm, nsp) losses: mean cross-entropy over masked tokens plus over pairs."""
+    labels = mlm_labels if out.mlm_logits.dim() == 3 else mlm_labels[mlm_labels != -100]
+    mlm = F.cross_entropy(
+        out.mlm_logits.reshape(-1, out.mlm_logits.size(-1)).float(), labels.reshape(-1),
+        ignore_index=-100,
+    )
+    nsp = F.cross_entropy(out.nsp_logits.float(), next_sentence_label)
+    return mlm + nsp, mlm, nsp
+
+
+def hf_state_dict_key_map(cfg: BertConfig) -> dict[str, str]:
+    """Our parameter name -> `transformers.BertForPreTraining` parameter name (one to one).
+
+    The tied decoder appears once on each side: our `mlm.word_embeddings.weight` is the same tensor
+    as `bert.embeddings.word.weight`, and HF's `cls.predictions.decoder.{weight,bias}` are tied to
+    the word embeddings and `cls.predictions.bias`.
+    """
+    m = {
+        "bert.embeddings.word.weight": "bert.embeddings.word_embeddings.weight",
+        "bert.embeddings.position.weight": "bert.embeddings.position_embeddings.weight",
+        "bert.embeddings.token_type.weight": "bert.embeddings.token_type_embeddings.weight",
+        "bert.embeddings.norm.weight": "bert.embeddings.LayerNorm.weight",
+        "bert.embeddings.norm.bias": "bert.embeddings.LayerNorm.bias",
+        "bert.pooler.weight": "bert.pooler.dense.weight",
+        "bert.pooler.bias": "bert.pooler.dense.bias",
+        "mlm.dense.weight": "cls.predictions.transform.dense.weight",
+        "mlm.dense.bias": "cls.predictions.transform.dense.bias",
+        "mlm.norm.weight": "cls.predictions.transform.LayerNorm.weight",
+        "mlm.norm.bias": "cls.predictions.transform.LayerNorm.bias",
+        "mlm.bias": "cls.predictions.bias",
+        "nsp.weight": "cls.seq_relationship.weight",
+        "nsp.bias": "cls.seq_relationship.bias",
+    }
+    per_layer = {
+        "attention.query": "attention.self.query",
+        "attention.key": "attention.self.key",
+        "attention.value": "attention.self.value",
+        "attention.out": "attention.output.dense",
+        "attention_norm": "attention.output.LayerNorm",
+        "ffn_in": "intermediate.dense",
+        "ffn_out": "output.dense",
+        "ffn_norm": "output.LayerNorm",
+    }
+    for i in range(cfg.num_layers):
+        for ours, theirs in per_layer.items():
+            for p in ("weight", "bias"):
+                m[f"bert.layers.{i}.{ours}.{p}"] = f"bert.encoder.layer.{i}.{theirs}.{p}"
+    return m
+
+
+def hf_config_kwargs(cfg: BertConfig) -> dict:
+    """Keyword arguments for `transformers.BertConfig` describing the same architecture."""
+    return dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=cfg.hidden_dropout,
+        attention_probs_dropout_prob=cfg.attention_dropout,
+        max_position_embeddings=cfg.max_position_embeddings,
+        type_vocab_size=cfg.type_vocab_size,
+        initializer_range=cfg.initializer_range,
+        layer_norm_eps=cfg.layer_norm_eps,
+        pad_token_id=0,
+    )
+
+
+def flops_per_token(cfg: BertConfig, seq_len: int, masked_fraction: float = 0.15) -> float:
+    """Training FLOPs per token (forward + backward = 3 × forward; matmuls only), for MFU.
+
+    Per layer: 4H² (QKV + out) + 2·H·I (FFN) multiply-adds, plus 2·T·H for the attention scores
+    and their weighted sum. The MLM head runs on `masked_fraction` of tokens when sparse.
+    """
+    H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size or 0
+    per_layer = 4 * H * H + 2 * H * I + 2 * seq_len * H
+    head_tokens = masked_fraction if cfg.sparse_mlm else 1.0
+    head = head_tokens * (H * H + H * V)
+    return 3 * 2 * (cfg.num_layers * per_layer + head)  # 2 FLOPs per multiply-add
+
+
+__all__ = [
+    "PRESETS", "BertConfig", "BertForPreTraining", "BertModel", "PretrainingOutput",
+    "flops_per_token", "hf_config_kwargs", "hf_state_dict_key_map", "preset", "pretraining_loss",
+]

@@ -1,0 +1,34 @@
+"""Check that a tokenizer directory is the one the prepared data was built with."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pretrain.errors import UserError
+
+
+def tokenizer_sha256(tokenizer_dir: Path) -> str:
+    """The identity of a tokenizer: sha256 of its `tokenizer.json` bytes."""
+    return hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()
+
+
+def check_tokenizer_matches(tokenizer_dir: Path, manifest: dict, data_dir: Path) -> None:
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise UserError(
+            f"tokenizer directory {tokenizer_dir} has no tokenizer.json; point data.tokenizer_dir "
+            f"at a `bert-tokenizer` output (or leave it unset to use the copy in {data_dir})"
+        )
+    expected = manifest["tokenizer"]["sha256"]
+    actual = tokenizer_sha256(tokenizer_dir)
+    if actual != expected:
+        raise UserError(
+            f"tokenizer {tokenizer_dir} (sha256 {actual[:12]}…) is not the one {data_dir} was built "
+            f"with (manifest.json: {expected[:12]}…); use the matching tokenizer or rebuild the data "
+            f"with `bert-prep tokenizer_dir={tokenizer_dir} force=true`"
+        )
+
+
+def read_vocab(tokenizer_dir: Path) -> list[str]:
+    """Tokens of `vocab.txt`, in id order."""
+    return (tokenizer_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()

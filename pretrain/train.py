@@ -1,0 +1,190 @@
+"""`bert-pretrain`: pretrain BERT with MLM + NSP on a `bert-prep` directory.
+
+Launch forms (any Hydra override may follow, e.g. `trainer.max_steps=2000 model=bert-small`):
+
+    python -m pretrain.train experiment=demo                       # one process (= bert-pretrain)
+    torchrun --nproc_per_node 8 -m pretrain.train strategy=ddp trainer.devices=8 ...   # one node
+    sbatch --nodes 4 slurm/pretrain.sbatch ...                     # a SLURM cluster
+
+Re-running the same command resumes from the run directory's last checkpoint (`resume=auto`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.callbacks import ThroughputMonitor
+from pretrain.checkpointing import LAST, AtomicCheckpointIO, find_resume_checkpoint, validate_checkpoint
+from pretrain.config import LoggerConfig, PretrainConfig, register_configs, resolve_runtime, to_typed
+from pretrain.data import LoaderSettings, PretrainDataModule
+from pretrain.errors import exit_on_user_error
+from pretrain.masking import MaskingConfig
+from pretrain.module import BertPretrainingModule
+from pretrain.strategy import build_strategy
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# Fields that define the architecture: a checkpoint must agree on these to be resumed.
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                       "max_position_embeddings", "type_vocab_size")
+
+
+def build_logger(cfg: LoggerConfig, run_dir: Path, run_name: str) -> Logger | bool:
+    if cfg.name == "none":
+        return False
+    if cfg.name == "csv":
+        return CSVLogger(save_dir=str(run_dir), name="", version="")
+    offline = cfg.mode == "offline" or (cfg.mode == "auto" and not _wandb_credentials())
+    return WandbLogger(project=cfg.project, entity=cfg.entity, name=run_name, save_dir=str(run_dir),
+                       offline=offline)
+
+
+def _wandb_credentials() -> bool:
+    import os
+
+    netrc = Path.home() / ".netrc"
+    return bool(os.environ.get("WANDB_API_KEY")) or (
+        netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+    )
+
+
+def train(cfg: PretrainConfig) -> dict:
+    """Run (or resume) pretraining; return the final held-out metrics and where things are."""
+    run_dir = Path(cfg.run_dir)
+    checkpoint_dir = run_dir / "checkpoints"
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    checkpointing = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="step{step:07d}", auto_insert_metric_name=False,
+        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_top_k=1, save_last=True,
+    )
+    interactive = sys.stdout.isatty()
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
+        strategy=build_strategy(cfg.strategy),
+        precision=cfg.trainer.precision,
+        max_steps=cfg.trainer.max_steps,
+        max_epochs=-1,  # training is step-based over an endless sample stream
+        val_check_interval=cfg.trainer.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=cfg.trainer.limit_val_batches,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        deterministic=cfg.trainer.deterministic,
+        enable_progress_bar=cfg.trainer.enable_progress_bar and interactive,
+        enable_model_summary=True,
+        use_distributed_sampler=False,  # our sampler shards by rank itself
+        plugins=[AtomicCheckpointIO()],
+        callbacks=[checkpointing],
+        logger=False,
+        default_root_dir=str(run_dir),
+    )
+    world_size = trainer.world_size
+    runtime = resolve_runtime(cfg, world_size)
+    trainer.accumulate_grad_batches = runtime.accumulate_grad_batches
+    trainer.callbacks.append(ThroughputMonitor(
+        cfg.trainer.log_every_n_steps, world_size,
+        print_progress=not (cfg.trainer.enable_progress_bar and interactive),
+    ))
+    logger = build_logger(cfg.logger, run_dir, cfg.name)
+    if logger:
+        trainer.loggers = [logger]
+
+    resume_from = find_resume_checkpoint(cfg.resume, checkpoint_dir)
+    if resume_from is not None:
+        arch = {k: getattr(cfg.model, k) for k in ARCHITECTURE_FIELDS}
+        step = validate_checkpoint(resume_from, arch)
+        rank_zero_info(f"resuming from {resume_from} (step {step})")
+
+    _save_run_files(cfg, runtime.manifest, run_dir)
+    if logger:
+        logger.log_hyperparams(asdict(cfg))
+
+    module = BertPretrainingModule(cfg.model, cfg.optim, cfg.schedule, cfg.trainer.max_steps)
+    rank_zero_info(
+        f"model: {module.model.num_parameters() / 1e6:.2f} M parameters "
+        f"({module.model.num_parameters(exclude_embeddings=True) / 1e6:.2f} M without embeddings); "
+        f"world size {world_size}, micro-batch {cfg.data.micro_batch_size} × accumulation "
+        f"{runtime.accumulate_grad_batches} × {world_size} = global batch {cfg.data.global_batch_size}"
+    )
+    datamodule = PretrainDataModule(
+        runtime.data_dir, runtime.tokenizer_dir, runtime.manifest,
+        MaskingConfig(**asdict(cfg.data.masking)),
+        LoaderSettings(cfg.data.global_batch_size, cfg.data.micro_batch_size, cfg.data.val_batch_size,
+                       cfg.data.num_workers, cfg.trainer.limit_val_batches, cfg.seed),
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+
+    last = checkpoint_dir / LAST
+    if trainer.global_step % cfg.trainer.checkpoint_every_n_steps:
+        trainer.save_checkpoint(last)  # the final step, when it fell between periodic saves
+
+    # Final held-out evaluation on the whole validation split.
+    trainer.limit_val_batches = 1.0
+    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    summary = {
+        "step": trainer.global_step,
+        "val/mlm_acc": metrics["val/mlm_acc"],
+        "val/mlm_acc_baseline": metrics["val/mlm_acc_baseline"],
+        "val/nsp_acc": metrics["val/nsp_acc"],
+        "val/mlm_loss": metrics["val/mlm_loss"],
+        "val/nsp_loss": metrics["val/nsp_loss"],
+        "tokenizer": str(runtime.tokenizer_dir),
+        "data": str(runtime.data_dir),
+        "checkpoint": str(last),
+        "run_dir": str(run_dir),
+    }
+    _write_summary(summary, run_dir)
+    return summary
+
+
+@rank_zero_only
+def _save_run_files(cfg: PretrainConfig, manifest: dict, run_dir: Path) -> None:
+    """Everything needed to reproduce the run, beside its checkpoints."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    (run_dir / "data_manifest.json").write_text(json.dumps(manifest, indent=2))
+    rank_zero_info(f"run directory: {run_dir}")
+
+
+@rank_zero_only
+def _write_summary(summary: dict, run_dir: Path) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    acc, base = summary["val/mlm_acc"], summary["val/mlm_acc_baseline"]
+    width = shutil.get_terminal_size((100, 20)).columns
+    print("=" * min(width, 72))
+    print(f"pretraining finished at step {summary['step']}")
+    print(f"  held-out MLM accuracy  {acc:.4f}   most-frequent-token baseline {base:.4f}"
+          f"  ({acc / base:.2f}×)")
+    print(f"  held-out NSP accuracy  {summary['val/nsp_acc']:.4f}   chance 0.5000")
+    print(f"  tokenizer   {summary['tokenizer']}")
+    print(f"  data        {summary['data']}")
+    print(f"  checkpoint  {summary['checkpoint']}")
+    print(f"  run         {summary['run_dir']} (config.yaml, metrics, summary.json)")
+    print("=" * min(width, 72))
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pretrain")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    train(to_typed(cfg))
+
+
+if __name__ == "__main__":
+    main()

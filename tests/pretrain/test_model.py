@@ -1,0 +1,151 @@
+"""The plain-PyTorch BERT: shapes, gradients, masking semantics and parity with transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pretrain.model import (
+    PRESETS,
+    BertConfig,
+    BertForPreTraining,
+    hf_config_kwargs,
+    hf_state_dict_key_map,
+    preset,
+    pretraining_loss,
+)
+
+V = 300
+
+
+def tiny(**overrides) -> BertConfig:
+    return preset("bert-tiny", vocab_size=V, max_position_embeddings=64, **overrides)
+
+
+def batch(B: int = 3, T: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, V, (B, T), generator=g)
+    attention = torch.ones(B, T, dtype=torch.long)
+    attention[1, 11:] = 0  # one padded row
+    ids[attention == 0] = 0
+    token_types = torch.zeros(B, T, dtype=torch.long)
+    token_types[:, T // 2:] = 1
+    labels = torch.full((B, T), -100)
+    chosen = (torch.rand(B, T, generator=g) < 0.3) & (attention == 1)
+    chosen[:, 1] = True
+    labels[chosen] = ids[chosen]
+    return dict(input_ids=ids, token_type_ids=token_types, attention_mask=attention, labels=labels,
+                next_sentence_label=torch.tensor([0, 1, 0])[:B])
+
+
+def test_presets_are_valid_and_sized_like_google_bert():
+    for name, sizes in PRESETS.items():
+        cfg = preset(name, vocab_size=30522)
+        assert cfg.hidden_size % cfg.num_heads == 0
+        assert cfg.intermediate_size == 4 * cfg.hidden_size, name
+        assert sizes["hidden_size"] // sizes["num_heads"] == 64, name
+    n = BertForPreTraining(preset("bert-base", vocab_size=30522)).num_parameters()
+    assert 109e6 < n < 111e6  # BERT-base with its pretraining heads: ~110 M
+
+
+def test_unknown_preset_and_bad_sizes_are_rejected():
+    with pytest.raises(ValueError, match="bert-huge"):
+        preset("bert-huge")
+    with pytest.raises(ValueError, match="num_heads"):
+        BertConfig(vocab_size=10, hidden_size=130, num_heads=4)
+    with pytest.raises(ValueError, match="hidden_dropout"):
+        BertConfig(vocab_size=10, hidden_dropout=1.5)
+    with pytest.raises(ValueError, match="vocab_size is unset"):
+        BertForPreTraining(preset("bert-tiny"))
+
+
+def test_shapes_and_backward():
+    cfg = tiny(sparse_mlm=False)
+    model = BertForPreTraining(cfg)
+    b = batch()
+    out = model(b["input_ids"], b["token_type_ids"], b["attention_mask"], mlm_labels=b["labels"])
+    assert out.mlm_logits.shape == (3, 16, V)
+    assert out.nsp_logits.shape == (3, 2)
+    assert out.hidden_states.shape == (3, 16, cfg.hidden_size)
+    assert out.pooled.shape == (3, cfg.hidden_size)
+    loss, mlm, nsp = pretraining_loss(out, b["labels"], b["next_sentence_label"])
+    assert torch.isclose(loss, mlm + nsp)
+    loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert unused == []
+
+
+def test_decoder_is_tied_to_word_embeddings():
+    model = BertForPreTraining(tiny())
+    assert model.mlm.word_embeddings.weight is model.bert.embeddings.word.weight
+    assert model.num_parameters() == sum(p.numel() for p in set(model.parameters()))
+
+
+def test_init_follows_bert():
+    model = BertForPreTraining(preset("bert-mini", vocab_size=4000))
+    w = model.bert.layers[0].ffn_in.weight
+    assert abs(w.std().item() - 0.02) < 0.001
+    assert model.bert.layers[0].ffn_in.bias.abs().sum() == 0
+    assert torch.all(model.bert.layers[0].attention_norm.weight == 1)
+    assert model.bert.embeddings.word.weight[0].abs().sum() == 0  # padding row
+
+
+def test_sparse_mlm_gives_the_same_loss_and_gradients_as_dense():
+    b = batch()
+    results = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = BertForPreTraining(tiny(sparse_mlm=sparse)).eval()
+        out = model(b["input_ids"], b["token_type_ids"], b["attention_mask"], mlm_labels=b["labels"])
+        loss = pretraining_loss(out, b["labels"], b["next_sentence_label"])[0]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (dense_loss, dense_grads), (sparse_loss, sparse_grads) = results
+    assert (sparse_loss - dense_loss).abs() < 1e-6
+    for name, grad in dense_grads.items():
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_padding_does_not_change_real_token_outputs():
+    model = BertForPreTraining(tiny()).eval()
+    b = batch()
+    hidden, _ = model.bert(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    # The same padded row with different garbage in the padding gives the same real-token outputs.
+    ids = b["input_ids"].clone()
+    ids[1, 11:] = 7
+    hidden2, _ = model.bert(ids, b["token_type_ids"], b["attention_mask"])
+    torch.testing.assert_close(hidden[1, :11], hidden2[1, :11])
+    # And equals the row run alone, unpadded (the mask-free path).
+    alone, _ = model.bert(b["input_ids"][1:2, :11], b["token_type_ids"][1:2, :11],
+                          torch.ones(1, 11, dtype=torch.long))
+    torch.testing.assert_close(hidden[1:2, :11], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_parity_with_transformers_bert_for_pretraining():
+    transformers = pytest.importorskip("transformers")
+    cfg = tiny(sparse_mlm=False)
+    ours = BertForPreTraining(cfg).eval()
+    hf = transformers.BertForPreTraining(
+        transformers.BertConfig(**hf_config_kwargs(cfg), attn_implementation="sdpa")
+    ).eval()
+
+    key_map = hf_state_dict_key_map(cfg)
+    ours_state = ours.state_dict()
+    # Every HF parameter is covered once (the decoder is tied: it appears as its tie target).
+    hf_keys = set(hf.state_dict()) - {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    assert set(key_map.values()) == hf_keys
+    assert set(key_map) == set(ours_state) - {"mlm.word_embeddings.weight"}
+    missing, unexpected = hf.load_state_dict({key_map[k]: v for k, v in ours_state.items()
+                                              if k in key_map}, strict=False)
+    assert unexpected == []
+    assert set(missing) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+
+    b = batch()
+    with torch.no_grad():
+        o = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+        h = hf(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
+               attention_mask=b["attention_mask"], output_hidden_states=True)
+    real = b["attention_mask"].bool()
+    torch.testing.assert_close(o.mlm_logits[real], h.prediction_logits[real], rtol=0, atol=1e-4)
+    torch.testing.assert_close(o.nsp_logits, h.seq_relationship_logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(o.hidden_states[real], h.hidden_states[-1][real], rtol=0, atol=1e-4)
