@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
 
 from pretrain.errors import UserError
 
@@ -79,3 +82,23 @@ def validate_checkpoint(path: Path, model_hparams: dict) -> int:
             f"(name=...) or resume=never"
         )
     return int(ckpt["global_step"])
+
+
+class RNGStateCheckpoint(Callback):
+    """Save and restore the random-number generators, so dropout after a resume draws what the
+    uninterrupted run would have drawn. (Masks need no state: they derive from sample keys.)"""
+
+    def state_dict(self) -> dict[str, Any]:
+        # Plain tensors, lists and numbers only, so checkpoints load with torch's weights_only=True.
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        return {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

@@ -150,6 +150,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 500
     """Write a resumable checkpoint every this many optimizer steps (and at the end)."""
+    exit_after_steps: int | None = None
+    """Stop this launch after this many optimizer steps (checkpointing there); the schedule still
+    spans max_steps and a re-run resumes. For time-sliced jobs and resume drills."""
     deterministic: bool = False
     """Ask PyTorch for deterministic kernels (slower)."""
     enable_progress_bar: bool = True
@@ -161,6 +164,8 @@ class TrainerConfig:
                 raise ValueError(f"trainer.{name} must be positive, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision={self.precision!r} is unknown; use one of {PRECISIONS}")
+        if self.exit_after_steps is not None and self.exit_after_steps <= 0:
+            raise ValueError(f"trainer.exit_after_steps must be positive or null, got {self.exit_after_steps}")
         if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
             raise ValueError(f"trainer.gradient_clip_val must be positive or null, got {self.gradient_clip_val}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pretrain.errors import UserError
@@ -170,6 +171,9 @@ class PretrainDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: PairDataset, sampler: Sampler, batch_size: int) -> DataLoader:
         workers = self.loader.num_workers
+        # A private generator: creating an iterator draws a worker base seed, and drawing it from
+        # the global RNG would shift dropout after a resume (the loaders are re-created there).
+        generator = torch.Generator().manual_seed(self.loader.seed)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collator,
                           num_workers=workers, persistent_workers=workers > 0,
-                          prefetch_factor=4 if workers > 0 else None)
+                          prefetch_factor=4 if workers > 0 else None, generator=generator)

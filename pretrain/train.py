@@ -24,8 +24,14 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.callbacks import ThroughputMonitor
-from pretrain.checkpointing import LAST, AtomicCheckpointIO, find_resume_checkpoint, validate_checkpoint
+from pretrain.callbacks import ExitAfterSteps, ThroughputMonitor
+from pretrain.checkpointing import (
+    LAST,
+    AtomicCheckpointIO,
+    RNGStateCheckpoint,
+    find_resume_checkpoint,
+    validate_checkpoint,
+)
 from pretrain.config import LoggerConfig, PretrainConfig, register_configs, resolve_runtime, to_typed
 from pretrain.data import LoaderSettings, PretrainDataModule
 from pretrain.errors import exit_on_user_error
@@ -43,7 +49,8 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, run_name: str) -> Logger | bo
     if cfg.name == "none":
         return False
     if cfg.name == "csv":
-        return CSVLogger(save_dir=str(run_dir), name="", version="")
+        # One version_N folder per launch: a resumed run appends a folder, never overwrites one.
+        return CSVLogger(save_dir=str(run_dir), name="csv")
     offline = cfg.mode == "offline" or (cfg.mode == "auto" and not _wandb_credentials())
     return WandbLogger(project=cfg.project, entity=cfg.entity, name=run_name, save_dir=str(run_dir),
                        offline=offline)
@@ -88,7 +95,7 @@ def train(cfg: PretrainConfig) -> dict:
         enable_model_summary=True,
         use_distributed_sampler=False,  # our sampler shards by rank itself
         plugins=[AtomicCheckpointIO()],
-        callbacks=[checkpointing],
+        callbacks=[checkpointing, RNGStateCheckpoint()],
         logger=False,
         default_root_dir=str(run_dir),
     )
@@ -99,6 +106,8 @@ def train(cfg: PretrainConfig) -> dict:
         cfg.trainer.log_every_n_steps, world_size,
         print_progress=not (cfg.trainer.enable_progress_bar and interactive),
     ))
+    if cfg.trainer.exit_after_steps is not None:
+        trainer.callbacks.append(ExitAfterSteps(cfg.trainer.exit_after_steps))
     logger = build_logger(cfg.logger, run_dir, cfg.name)
     if logger:
         trainer.loggers = [logger]
