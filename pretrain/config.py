@@ -17,27 +17,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.errors import UserError
+from pretrain.masking import MaskingConfig
 from pretrain.model import BertConfig
 
-PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
-
-
-@dataclass
-class MaskingSchema:
-    """Dynamic masking (see `pretrain/masking.py`), applied freshly every epoch."""
-
-    mlm_probability: float = 0.15
-    """Fraction of maskable tokens chosen per sequence."""
-    mask_token_prob: float = 0.8
-    """Of the chosen tokens, the fraction replaced with [MASK]."""
-    random_token_prob: float = 0.1
-    """Of the chosen tokens, the fraction replaced with a random token (the rest stay unchanged)."""
-    whole_word_masking: bool = False
-    """Choose whole words (a token and its ## continuations) instead of single tokens."""
-    pad_to_multiple_of: int = 8
-    """Pad each batch's length up to a multiple of this (tensor-core friendly shapes)."""
-    max_predictions_per_seq: int | None = None
-    """Cap on chosen tokens per sequence (Google's max_predictions_per_seq); None: no cap."""
+PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true")
 
 
 @dataclass
@@ -57,7 +40,8 @@ class DataConfig:
     """Sequences per validation forward pass on one process."""
     num_workers: int = 2
     """DataLoader worker processes per training process (0: load in the main process)."""
-    masking: MaskingSchema = field(default_factory=MaskingSchema)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    """Dynamic masking, applied freshly every epoch (see `pretrain/masking.py`)."""
 
     def __post_init__(self) -> None:
         for name in ("global_batch_size", "micro_batch_size", "val_batch_size"):
@@ -140,7 +124,8 @@ class TrainerConfig:
     """Devices per node: an int, or `auto`."""
     num_nodes: int = 1
     precision: str = "bf16-mixed"
-    """`bf16-mixed` (default), `16-mixed`, `32`. Torch autocast on the default strategies."""
+    """`bf16-mixed` (default), `16-mixed`, `32`, or `auto`: bf16 where the hardware has it, else
+    fp32 on CPUs and fp16 on older GPUs. Torch autocast on the default strategies."""
     gradient_clip_val: float | None = 1.0
     """Clip the global gradient norm to this; None: no clipping."""
     val_check_interval: int = 500

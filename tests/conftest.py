@@ -1,0 +1,35 @@
+"""Fixtures shared across test packages: a small prepared dataset of real English (no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from data_prep.build import build
+from data_prep.config import compose
+from data_prep.tokenizer import train_tokenizer
+from tests.data_prep.dp_helpers import stdlib_documents, write_txt
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prepared_english(tmp_path_factory) -> Path:
+    """Tokenizer (vocab 1000) and NSP pairs (seq 64) built from Python's stdlib docstrings."""
+    work = tmp_path_factory.mktemp("english_work")
+    corpus = write_txt(work / "corpus" / "docs.txt", stdlib_documents())
+    common = [f"work_dir={work}", "corpus=files", "corpus.name=english", f"corpus.paths=[{corpus}]"]
+    train_tokenizer(compose("tokenizer", [*common, "vocab_size=1000"]))
+    return build(compose("prep", [*common, "max_seq_length=64", "dupe_factor=2", "num_proc=1"]))
+
+
+@pytest.fixture
+def app_env() -> dict[str, str]:
+    """Environment for running the command-line apps in a subprocess from any directory."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    return env

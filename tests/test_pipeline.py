@@ -1,0 +1,92 @@
+"""End to end through `bert-pretrain` (the `python -m pretrain.train` form) on a tiny real corpus."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def pretrain(env: dict, work: Path, data: Path, *overrides: str, check: bool = True):
+    cmd = [sys.executable, "-m", "pretrain.train", "experiment=debug", f"work_dir={work}",
+           f"data.dir={data}", "trainer.log_every_n_steps=1", *overrides]
+    proc = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    losses = {}
+    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row.get("train/loss"):
+                    losses[int(row["step"])] = float(row["train/loss"])
+    return losses
+
+
+def test_pretraining_loss_falls_and_the_run_is_reproducible_from_its_directory(
+        prepared_english, tmp_path, app_env):
+    proc = pretrain(app_env, tmp_path, prepared_english, "name=falls", "trainer.max_steps=40",
+                    "optim.lr=2e-3", "trainer.val_check_interval=40")
+    run = tmp_path / "runs" / "falls"
+    losses = train_losses(run)
+    assert len(losses) >= 30
+    first = sum(losses[s] for s in sorted(losses)[:5]) / 5
+    last = sum(losses[s] for s in sorted(losses)[-5:]) / 5
+    assert last < first - 0.5, (first, last)
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["step"] == 40
+    assert 0.0 <= summary["val/mlm_acc"] <= 1.0 and summary["val/mlm_acc_baseline"] > 0
+    assert "held-out MLM accuracy" in proc.stdout
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    # Everything needed to reproduce the run lies beside its checkpoints.
+    saved = (run / "config.yaml").read_text()
+    assert "vocab_size: 1000" in saved and "max_steps: 40" in saved
+    assert json.loads((run / "data_manifest.json").read_text())["max_seq_length"] == 64
+
+
+def test_resumed_run_has_the_same_losses_as_an_uninterrupted_one(prepared_english, tmp_path, app_env):
+    """fp32 on CPU: exact. The data order, masks, dropout RNG, optimizer and schedule all continue."""
+    common = ("trainer.max_steps=16", "trainer.checkpoint_every_n_steps=4")
+    pretrain(app_env, tmp_path, prepared_english, "name=whole", *common)
+    pretrain(app_env, tmp_path, prepared_english, "name=cut", *common, "trainer.exit_after_steps=6")
+    assert max(train_losses(tmp_path / "runs" / "cut")) < 16
+    proc = pretrain(app_env, tmp_path, prepared_english, "name=cut", *common)
+    assert "resuming from" in proc.stdout + proc.stderr
+    whole, cut = train_losses(tmp_path / "runs" / "whole"), train_losses(tmp_path / "runs" / "cut")
+    assert sorted(whole) == sorted(cut) and len(whole) >= 15
+    assert whole == cut
+
+
+def test_corrupt_checkpoint_is_refused_with_its_name(prepared_english, tmp_path, app_env):
+    ckpt = tmp_path / "runs" / "broken" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"PK\x03\x04 truncated")
+    proc = pretrain(app_env, tmp_path, prepared_english, "name=broken", check=False)
+    assert proc.returncode == 2
+    assert f"checkpoint {ckpt}" in proc.stderr and "corrupt or partial" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_of_another_model_is_refused(prepared_english, tmp_path, app_env):
+    pretrain(app_env, tmp_path, prepared_english, "name=m", "trainer.max_steps=2",
+             "trainer.val_check_interval=2")
+    proc = pretrain(app_env, tmp_path, prepared_english, "name=m", "model.num_layers=3", check=False)
+    assert proc.returncode == 2
+    assert "model.num_layers: checkpoint 2, config 3" in proc.stderr
+
+
+def test_missing_data_dir_and_unknown_preset_fail_clearly(tmp_path, app_env):
+    proc = pretrain(app_env, tmp_path, tmp_path / "nope", check=False)
+    assert proc.returncode == 2 and "bert-prep" in proc.stderr and "Traceback" not in proc.stderr
+    proc = pretrain(app_env, tmp_path, tmp_path / "nope", "model=bert-enormous", check=False)
+    assert proc.returncode != 0 and "bert-enormous" in proc.stderr and "bert-mini" in proc.stderr
