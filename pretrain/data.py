@@ -62,12 +62,12 @@ class TrainStreamSampler(Sampler[SampleKey]):
 
 
 class ValidationSampler(Sampler[SampleKey]):
-    """The held-out split in order, one contiguous share per process, with fixed epoch-0 masks."""
+    """The held-out split in order, one contiguous share per process, with fixed epoch-0 masks.
+    (`trainer.limit_val_batches` shortens periodic validation; the sampler always covers it all.)"""
 
-    def __init__(self, num_samples: int, rank: int, world_size: int, limit: int | None = None):
+    def __init__(self, num_samples: int, rank: int, world_size: int):
         share = -(-num_samples // world_size)
-        indices = range(rank * share, min((rank + 1) * share, num_samples))
-        self.indices = indices if limit is None else indices[:limit]
+        self.indices = range(rank * share, min((rank + 1) * share, num_samples))
 
     def __iter__(self) -> Iterator[SampleKey]:
         return ((0, i) for i in self.indices)
@@ -113,7 +113,6 @@ class LoaderSettings:
     micro_batch_size: int
     val_batch_size: int
     num_workers: int
-    limit_val_batches: int | None
     seed: int
 
 
@@ -159,10 +158,7 @@ class PretrainDataModule(L.LightningDataModule):
         return self._loader(self.train_set, sampler, self.loader.micro_batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        limit = self.loader.limit_val_batches
-        sampler = ValidationSampler(len(self.val_set), rank, world,
-                                    None if limit is None else limit * self.loader.val_batch_size)
+        sampler = ValidationSampler(len(self.val_set), *self._rank_world())
         return self._loader(self.val_set, sampler, self.loader.val_batch_size)
 
     def _loader(self, dataset: PairDataset, sampler: Sampler, batch_size: int) -> DataLoader:

@@ -132,7 +132,7 @@ def train(cfg: PretrainConfig) -> dict:
         runtime.data_dir, runtime.tokenizer_dir, runtime.manifest,
         cfg.data.masking,
         LoaderSettings(cfg.data.global_batch_size, cfg.data.micro_batch_size, cfg.data.val_batch_size,
-                       cfg.data.num_workers, cfg.trainer.limit_val_batches, cfg.seed),
+                       cfg.data.num_workers, cfg.seed),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
 

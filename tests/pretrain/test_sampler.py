@@ -40,4 +40,4 @@ def test_validation_shares_cover_the_split_once():
     shares = [list(ValidationSampler(11, r, 3)) for r in range(3)]
     assert sorted(i for share in shares for _, i in share) == list(range(11))
     assert all(e == 0 for share in shares for e, _ in share)
-    assert len(ValidationSampler(11, 0, 1, limit=4)) == 4
+    assert len(ValidationSampler(11, 0, 1)) == 11
