@@ -44,11 +44,16 @@ class ThroughputMonitor(L.Callback):
         elapsed = now - self._t0
         tokens_per_sec = self._tokens * self.world_size / elapsed
         self._tokens_seen += self._tokens * self.world_size
-        pl_module.log_dict({
-            "train/tokens_per_sec": tokens_per_sec,
-            "train/samples_per_sec": self._samples * self.world_size / elapsed,
-            "train/tokens_seen": self._tokens_seen,
-        }, on_step=True, on_epoch=False, rank_zero_only=True)
+        pl_module.log_dict(
+            {
+                "train/tokens_per_sec": tokens_per_sec,
+                "train/samples_per_sec": self._samples * self.world_size / elapsed,
+                "train/tokens_seen": self._tokens_seen,
+            },
+            on_step=True,
+            on_epoch=False,
+            rank_zero_only=True,
+        )
         if self.print_progress:
             done = step - self._start_step
             eta = (now - self._start_time) / max(done, 1) * (trainer.max_steps - step)

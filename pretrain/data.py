@@ -35,10 +35,19 @@ SampleKey = tuple[int, int]
 class TrainStreamSampler(Sampler[SampleKey]):
     """Endless, resumable, rank-aware stream of sample keys (see the module docstring)."""
 
-    def __init__(self, num_samples: int, global_batch_size: int, rank: int, world_size: int,
-                 seed: int, start_step: int = 0):
+    def __init__(
+        self,
+        num_samples: int,
+        global_batch_size: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        start_step: int = 0,
+    ):
         if global_batch_size % world_size:
-            raise ValueError(f"global batch {global_batch_size} not divisible by world size {world_size}")
+            raise ValueError(
+                f"global batch {global_batch_size} not divisible by world size {world_size}"
+            )
         self.num_samples = num_samples
         self.global_batch_size = global_batch_size
         self.rank = rank
@@ -85,10 +94,14 @@ class PairDataset(Dataset):
         try:
             self.rows = datasets.load_from_disk(str(path))
         except FileNotFoundError as err:
-            raise UserError(f"{path} is missing or incomplete ({err}); re-run `bert-prep` with force=true") from None
+            raise UserError(
+                f"{path} is missing or incomplete ({err}); re-run `bert-prep` with force=true"
+            ) from None
         missing = [c for c in COLUMNS if c not in self.rows.column_names]
         if missing:
-            raise UserError(f"{path} lacks columns {missing}; it was not written by this `bert-prep`")
+            raise UserError(
+                f"{path} lacks columns {missing}; it was not written by this `bert-prep`"
+            )
         self.rows = self.rows.select_columns(list(COLUMNS))
 
     def __len__(self) -> int:
@@ -101,8 +114,13 @@ class PairDataset(Dataset):
         # One Arrow read for the whole micro-batch instead of one per row.
         cols = self.rows[[index for _, index in keys]]
         return [
-            {"input_ids": cols["input_ids"][i], "token_type_ids": cols["token_type_ids"][i],
-             "next_sentence_label": cols["next_sentence_label"][i], "epoch": epoch, "index": index}
+            {
+                "input_ids": cols["input_ids"][i],
+                "token_type_ids": cols["token_type_ids"][i],
+                "next_sentence_label": cols["next_sentence_label"][i],
+                "epoch": epoch,
+                "index": index,
+            }
             for i, (epoch, index) in enumerate(keys)
         ]
 
@@ -119,8 +137,14 @@ class LoaderSettings:
 class PretrainDataModule(L.LightningDataModule):
     """Train stream and held-out validation over a `bert-prep` directory."""
 
-    def __init__(self, data_dir: Path, tokenizer_dir: Path, manifest: dict,
-                 masking: MaskingConfig, loader: LoaderSettings):
+    def __init__(
+        self,
+        data_dir: Path,
+        tokenizer_dir: Path,
+        manifest: dict,
+        masking: MaskingConfig,
+        loader: LoaderSettings,
+    ):
         super().__init__()
         self.data_dir = data_dir
         self.manifest = manifest
@@ -134,7 +158,9 @@ class PretrainDataModule(L.LightningDataModule):
             mask_id=ids["mask"],
             special_ids=[ids["pad"], ids["cls"], ids["sep"], ids["mask"]],
             seed=loader.seed,
-            continuation_ids=continuation_ids_from_vocab(vocab) if masking.whole_word_masking else None,
+            continuation_ids=continuation_ids_from_vocab(vocab)
+            if masking.whole_word_masking
+            else None,
         )
         self.train_set: PairDataset | None = None
         self.val_set: PairDataset | None = None
@@ -153,8 +179,14 @@ class PretrainDataModule(L.LightningDataModule):
         # The trainer's step is restored before the loaders are built, so a resumed run starts at
         # the first sample it has not seen.
         start_step = self.trainer.global_step if self.trainer else 0
-        sampler = TrainStreamSampler(len(self.train_set), self.loader.global_batch_size, rank, world,
-                                     self.loader.seed, start_step)
+        sampler = TrainStreamSampler(
+            len(self.train_set),
+            self.loader.global_batch_size,
+            rank,
+            world,
+            self.loader.seed,
+            start_step,
+        )
         return self._loader(self.train_set, sampler, self.loader.micro_batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -166,6 +198,13 @@ class PretrainDataModule(L.LightningDataModule):
         # A private generator: creating an iterator draws a worker base seed, and drawing it from
         # the global RNG would shift dropout after a resume (the loaders are re-created there).
         generator = torch.Generator().manual_seed(self.loader.seed)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=self.collator,
-                          num_workers=workers, persistent_workers=workers > 0,
-                          prefetch_factor=4 if workers > 0 else None, generator=generator)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.collator,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            generator=generator,
+        )

@@ -16,30 +16,45 @@ from pretrain.optim import build_optimizer, build_scheduler
 class BertPretrainingModule(L.LightningModule):
     """Wraps the plain model; owns the losses, metrics, optimizer and schedule."""
 
-    def __init__(self, model_cfg: BertConfig, optim_cfg: OptimConfig, schedule_cfg: ScheduleConfig,
-                 max_steps: int):
+    def __init__(
+        self,
+        model_cfg: BertConfig,
+        optim_cfg: OptimConfig,
+        schedule_cfg: ScheduleConfig,
+        max_steps: int,
+    ):
         super().__init__()
         # Plain dicts in the checkpoint, so it loads without this package's classes.
-        self.save_hyperparameters({"model": asdict(model_cfg), "optim": asdict(optim_cfg),
-                                   "schedule": asdict(schedule_cfg), "max_steps": max_steps})
+        self.save_hyperparameters(
+            {
+                "model": asdict(model_cfg),
+                "optim": asdict(optim_cfg),
+                "schedule": asdict(schedule_cfg),
+                "max_steps": max_steps,
+            }
+        )
         self.model_cfg, self.optim_cfg, self.schedule_cfg = model_cfg, optim_cfg, schedule_cfg
         self.max_steps = max_steps
         self.model = BertForPreTraining(model_cfg)
         self._val_sums: dict[str, torch.Tensor] = {}
         self._val_label_counts: torch.Tensor | None = None
 
-    def _step(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor,
-                                          torch.Tensor]:
+    def _step(
+        self, batch: dict
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
         """(metrics, MLM logits (M, V) at masked positions, their targets (M,), NSP logits (B, 2))."""
         labels = batch["labels"]  # (B, T), -100 where nothing is predicted
-        out = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
-                         mlm_labels=labels)
+        out = self.model(
+            batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], mlm_labels=labels
+        )
         loss, mlm_loss, nsp_loss = pretraining_loss(out, labels, batch["next_sentence_label"])
         # Logits only at masked positions whether or not the model computed them sparsely.
         mlm_logits = out.mlm_logits if out.mlm_logits.dim() == 2 else out.mlm_logits[labels != -100]
         targets = labels[labels != -100]  # (M,)
         metrics = {
-            "loss": loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
+            "loss": loss,
+            "mlm_loss": mlm_loss,
+            "nsp_loss": nsp_loss,
             "mlm_acc": (mlm_logits.argmax(-1) == targets).float().mean(),
             "nsp_acc": (out.nsp_logits.argmax(-1) == batch["next_sentence_label"]).float().mean(),
         }
@@ -49,28 +64,45 @@ class BertPretrainingModule(L.LightningModule):
         metrics, *_ = self._step(batch)
         B = batch["input_ids"].size(0)
         loss = metrics.pop("loss")
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=B)
-        self.log_dict({f"train/{k}": v.detach() for k, v in metrics.items()}, on_step=True,
-                      on_epoch=False, batch_size=B)
+        self.log(
+            "train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=B
+        )
+        self.log_dict(
+            {f"train/{k}": v.detach() for k, v in metrics.items()},
+            on_step=True,
+            on_epoch=False,
+            batch_size=B,
+        )
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Gradient norm before clipping, only on logging steps (it costs a pass over the grads).
         if (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0:
             grads = [p.grad for p in self.parameters() if p.grad is not None]
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+            if grads:  # none under DeepSpeed ZeRO: gradients live in its partitions
+                norm = torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                )
+                self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
             self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
 
     # Validation accumulates sums, not per-batch means: batches hold different numbers of masked
     # tokens, and the most-frequent-token baseline needs the label histogram of the whole split.
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = {k: torch.zeros((), device=self.device, dtype=torch.float64)
-                          for k in ("mlm_loss", "mlm_correct", "mlm_count", "nsp_loss",
-                                    "nsp_correct", "nsp_count")}
-        self._val_label_counts = torch.zeros(self.model_cfg.vocab_size, device=self.device,
-                                             dtype=torch.long)
+        self._val_sums = {
+            k: torch.zeros((), device=self.device, dtype=torch.float64)
+            for k in (
+                "mlm_loss",
+                "mlm_correct",
+                "mlm_count",
+                "nsp_loss",
+                "nsp_correct",
+                "nsp_count",
+            )
+        }
+        self._val_label_counts = torch.zeros(
+            self.model_cfg.vocab_size, device=self.device, dtype=torch.long
+        )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         _, mlm_logits, targets, nsp_logits = self._step(batch)
@@ -107,4 +139,7 @@ class BertPretrainingModule(L.LightningModule):
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim_cfg)
         scheduler = build_scheduler(optimizer, self.schedule_cfg, self.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -16,13 +16,19 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():  # tied weights appear once
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
-                             betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    return torch.optim.AdamW(
+        parameter_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+    )
 
 
 def lr_multiplier(step: int, cfg: ScheduleConfig, max_steps: int) -> float:
@@ -41,5 +47,7 @@ def lr_multiplier(step: int, cfg: ScheduleConfig, max_steps: int) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * (1.0 - progress) ** power
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int) -> LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, max_steps: int
+) -> LambdaLR:
     return LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg, max_steps))

@@ -14,11 +14,21 @@ pytestmark = pytest.mark.e2e
 
 
 def pretrain(env: dict, work: Path, data: Path, *overrides: str, check: bool = True):
-    cmd = [sys.executable, "-m", "pretrain.train", "experiment=debug", f"work_dir={work}",
-           f"data.dir={data}", "trainer.log_every_n_steps=1", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pretrain.train",
+        "experiment=debug",
+        f"work_dir={work}",
+        f"data.dir={data}",
+        "trainer.log_every_n_steps=1",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -33,9 +43,17 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_pretraining_loss_falls_and_the_run_is_reproducible_from_its_directory(
-        prepared_english, tmp_path, app_env):
-    proc = pretrain(app_env, tmp_path, prepared_english, "name=falls", "trainer.max_steps=40",
-                    "optim.lr=2e-3", "trainer.val_check_interval=40")
+    prepared_english, tmp_path, app_env
+):
+    proc = pretrain(
+        app_env,
+        tmp_path,
+        prepared_english,
+        "name=falls",
+        "trainer.max_steps=40",
+        "optim.lr=2e-3",
+        "trainer.val_check_interval=40",
+    )
     run = tmp_path / "runs" / "falls"
     losses = train_losses(run)
     assert len(losses) >= 30
@@ -54,7 +72,9 @@ def test_pretraining_loss_falls_and_the_run_is_reproducible_from_its_directory(
     assert json.loads((run / "data_manifest.json").read_text())["max_seq_length"] == 64
 
 
-def test_resumed_run_has_the_same_losses_as_an_uninterrupted_one(prepared_english, tmp_path, app_env):
+def test_resumed_run_has_the_same_losses_as_an_uninterrupted_one(
+    prepared_english, tmp_path, app_env
+):
     """fp32 on CPU: exact. The data order, masks, dropout RNG, optimizer and schedule all continue."""
     common = ("trainer.max_steps=16", "trainer.checkpoint_every_n_steps=4")
     pretrain(app_env, tmp_path, prepared_english, "name=whole", *common)
@@ -78,9 +98,17 @@ def test_corrupt_checkpoint_is_refused_with_its_name(prepared_english, tmp_path,
 
 
 def test_checkpoint_of_another_model_is_refused(prepared_english, tmp_path, app_env):
-    pretrain(app_env, tmp_path, prepared_english, "name=m", "trainer.max_steps=2",
-             "trainer.val_check_interval=2")
-    proc = pretrain(app_env, tmp_path, prepared_english, "name=m", "model.num_layers=3", check=False)
+    pretrain(
+        app_env,
+        tmp_path,
+        prepared_english,
+        "name=m",
+        "trainer.max_steps=2",
+        "trainer.val_check_interval=2",
+    )
+    proc = pretrain(
+        app_env, tmp_path, prepared_english, "name=m", "model.num_layers=3", check=False
+    )
     assert proc.returncode == 2
     assert "model.num_layers: checkpoint 2, config 3" in proc.stderr
 

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from dp_helpers import REPO, stdlib_documents, tokenizer_overrides, write_txt
+from dp_helpers import stdlib_documents, tokenizer_overrides, write_txt
 
 from data_prep.config import compose
 from data_prep.tokenizer import train_tokenizer
@@ -35,13 +34,3 @@ def english_tokenizer(tmp_path_factory, english_corpus) -> Path:
     """An uncased WordPiece tokenizer (vocab 800) trained on `english_corpus`."""
     work = tmp_path_factory.mktemp("tok")
     return train_tokenizer(compose("tokenizer", tokenizer_overrides(work, english_corpus)))
-
-
-@pytest.fixture
-def subprocess_env() -> dict[str, str]:
-    """Environment for running the apps from another directory."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
-    return env

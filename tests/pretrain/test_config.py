@@ -38,7 +38,12 @@ def test_every_shipped_option_composes_and_validates(group, option):
 def test_model_yaml_matches_the_presets_in_code():
     assert set(options("model")) == set(PRESETS)
     for name, sizes in PRESETS.items():
-        assert {k: v for k, v in OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml")).items()} == sizes
+        assert {
+            k: v
+            for k, v in OmegaConf.to_container(
+                OmegaConf.load(CONF / "model" / f"{name}.yaml")
+            ).items()
+        } == sizes
 
 
 def test_run_dir_is_deterministic_and_named():
@@ -47,22 +52,25 @@ def test_run_dir_is_deterministic_and_named():
     assert load("name=abc", "work_dir=/tmp/w").run_dir == "/tmp/w/runs/abc"
 
 
-@pytest.mark.parametrize("override,field", [
-    ("trainer.max_steps=0", "trainer.max_steps"),
-    ("data.global_batch_size=100", "data.global_batch_size"),
-    ("optim.lr=-1", "optim.lr"),
-    ("trainer.precision=fp8", "trainer.precision"),
-    ("schedule.warmup_steps=20000", "warm-up"),
-    ("model.num_heads=5", "num_heads"),
-    ("logger.name=tensorboardx", "logger.name"),
-])
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("data.global_batch_size=100", "data.global_batch_size"),
+        ("optim.lr=-1", "optim.lr"),
+        ("trainer.precision=fp8", "trainer.precision"),
+        ("schedule.warmup_steps=20000", "warm-up"),
+        ("model.num_heads=5", "num_heads"),
+        ("logger.name=tensorboardx", "logger.name"),
+    ],
+)
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(UserError, match=field.replace(".", r"\.")):
         load(override)
 
 
 def test_unknown_key_and_unknown_preset_fail_at_composition():
-    with pytest.raises(ConfigCompositionException, match="trainer.max_stepz"):
+    with pytest.raises(ConfigCompositionException, match=r"trainer\.max_stepz"):
         load("trainer.max_stepz=3")
     with pytest.raises(ConfigCompositionException, match="bert-huge"):
         load("model=bert-huge")
@@ -77,18 +85,26 @@ def write_prepared_dir(root: Path, vocab_size: int = 120, max_len: int = 64) -> 
     (tok / "tokenizer.json").write_text('{"fake": true}')
     (tok / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(vocab_size)))
     sha = hashlib.sha256((tok / "tokenizer.json").read_bytes()).hexdigest()
-    (root / "manifest.json").write_text(json.dumps({
-        "max_seq_length": max_len,
-        "tokenizer": {"sha256": sha, "vocab_size": vocab_size},
-        "special_token_ids": {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4},
-    }))
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "max_seq_length": max_len,
+                "tokenizer": {"sha256": sha, "vocab_size": vocab_size},
+                "special_token_ids": {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4},
+            }
+        )
+    )
     return root
 
 
 def test_resolve_runtime_fills_vocab_and_derives_accumulation(tmp_path):
     data = write_prepared_dir(tmp_path / "d")
-    cfg = load(f"data.dir={data}", "data.global_batch_size=64", "data.micro_batch_size=8",
-               "model=bert-tiny")
+    cfg = load(
+        f"data.dir={data}",
+        "data.global_batch_size=64",
+        "data.micro_batch_size=8",
+        "model=bert-tiny",
+    )
     rt = resolve_runtime(cfg, world_size=2)
     assert cfg.model.vocab_size == 120
     assert rt.accumulate_grad_batches == 4
@@ -97,11 +113,12 @@ def test_resolve_runtime_fills_vocab_and_derives_accumulation(tmp_path):
 
 def test_resolve_runtime_errors_name_the_problem(tmp_path):
     data = write_prepared_dir(tmp_path / "d")
-    with pytest.raises(UserError, match="model.vocab_size=999"):
+    with pytest.raises(UserError, match=r"model\.vocab_size=999"):
         resolve_runtime(load(f"data.dir={data}", "model.vocab_size=999"), 1)
     with pytest.raises(UserError, match=r"micro_batch_size × world size = 32 × 3"):
-        resolve_runtime(load(f"data.dir={data}", "data.global_batch_size=64",
-                             "data.micro_batch_size=32"), 3)
+        resolve_runtime(
+            load(f"data.dir={data}", "data.global_batch_size=64", "data.micro_batch_size=32"), 3
+        )
     with pytest.raises(UserError, match="bert-prep"):
         resolve_runtime(load(f"data.dir={tmp_path / 'nothing'}"), 1)
     other = tmp_path / "other_tok"

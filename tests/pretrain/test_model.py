@@ -29,13 +29,18 @@ def batch(B: int = 3, T: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     attention[1, 11:] = 0  # one padded row
     ids[attention == 0] = 0
     token_types = torch.zeros(B, T, dtype=torch.long)
-    token_types[:, T // 2:] = 1
+    token_types[:, T // 2 :] = 1
     labels = torch.full((B, T), -100)
     chosen = (torch.rand(B, T, generator=g) < 0.3) & (attention == 1)
     chosen[:, 1] = True
     labels[chosen] = ids[chosen]
-    return dict(input_ids=ids, token_type_ids=token_types, attention_mask=attention, labels=labels,
-                next_sentence_label=torch.tensor([0, 1, 0])[:B])
+    return dict(
+        input_ids=ids,
+        token_type_ids=token_types,
+        attention_mask=attention,
+        labels=labels,
+        next_sentence_label=torch.tensor([0, 1, 0])[:B],
+    )
 
 
 def test_presets_are_valid_and_sized_like_google_bert():
@@ -96,7 +101,9 @@ def test_sparse_mlm_gives_the_same_loss_and_gradients_as_dense():
     for sparse in (False, True):
         torch.manual_seed(0)
         model = BertForPreTraining(tiny(sparse_mlm=sparse)).eval()
-        out = model(b["input_ids"], b["token_type_ids"], b["attention_mask"], mlm_labels=b["labels"])
+        out = model(
+            b["input_ids"], b["token_type_ids"], b["attention_mask"], mlm_labels=b["labels"]
+        )
         loss = pretraining_loss(out, b["labels"], b["next_sentence_label"])[0]
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
@@ -116,8 +123,9 @@ def test_padding_does_not_change_real_token_outputs():
     hidden2, _ = model.bert(ids, b["token_type_ids"], b["attention_mask"])
     torch.testing.assert_close(hidden[1, :11], hidden2[1, :11])
     # And equals the row run alone, unpadded (the mask-free path).
-    alone, _ = model.bert(b["input_ids"][1:2, :11], b["token_type_ids"][1:2, :11],
-                          torch.ones(1, 11, dtype=torch.long))
+    alone, _ = model.bert(
+        b["input_ids"][1:2, :11], b["token_type_ids"][1:2, :11], torch.ones(1, 11, dtype=torch.long)
+    )
     torch.testing.assert_close(hidden[1:2, :11], alone, rtol=1e-5, atol=1e-5)
 
 
@@ -132,19 +140,27 @@ def test_parity_with_transformers_bert_for_pretraining():
     key_map = hf_state_dict_key_map(cfg)
     ours_state = ours.state_dict()
     # Every HF parameter is covered once (the decoder is tied: it appears as its tie target).
-    hf_keys = set(hf.state_dict()) - {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    hf_keys = set(hf.state_dict()) - {
+        "cls.predictions.decoder.weight",
+        "cls.predictions.decoder.bias",
+    }
     assert set(key_map.values()) == hf_keys
     assert set(key_map) == set(ours_state) - {"mlm.word_embeddings.weight"}
-    missing, unexpected = hf.load_state_dict({key_map[k]: v for k, v in ours_state.items()
-                                              if k in key_map}, strict=False)
+    missing, unexpected = hf.load_state_dict(
+        {key_map[k]: v for k, v in ours_state.items() if k in key_map}, strict=False
+    )
     assert unexpected == []
     assert set(missing) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
 
     b = batch()
     with torch.no_grad():
         o = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-        h = hf(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
-               attention_mask=b["attention_mask"], output_hidden_states=True)
+        h = hf(
+            input_ids=b["input_ids"],
+            token_type_ids=b["token_type_ids"],
+            attention_mask=b["attention_mask"],
+            output_hidden_states=True,
+        )
     real = b["attention_mask"].bool()
     torch.testing.assert_close(o.mlm_logits[real], h.prediction_logits[real], rtol=0, atol=1e-4)
     torch.testing.assert_close(o.nsp_logits, h.seq_relationship_logits, rtol=0, atol=1e-4)

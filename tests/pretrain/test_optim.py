@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -18,7 +20,7 @@ def test_linear_warmup_then_linear_decay_to_zero():
     assert values[10] == pytest.approx(1.0)
     assert values[60] == pytest.approx(0.5)
     assert values[110] == pytest.approx(0.0)
-    assert all(a >= b for a, b in zip(values[10:], values[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(values[10:]))
 
 
 def test_polynomial_decay_and_floor():
