@@ -71,8 +71,13 @@ class ThroughputMonitor(L.Callback):
         if self.print_progress and not trainer.sanity_checking:
             m = trainer.callback_metrics
             if "val/mlm_acc" in m:
+                what = (
+                    "validation"
+                    if trainer.training or trainer.state.fn == "fit"
+                    else "final evaluation"
+                )
                 rank_zero_info(
-                    f"validation at step {trainer.global_step}: loss {float(m['val/loss']):.4f}  "
+                    f"{what} at step {trainer.global_step}: loss {float(m['val/loss']):.4f}  "
                     f"mlm_acc {float(m['val/mlm_acc']):.4f}  nsp_acc {float(m['val/nsp_acc']):.4f}"
                 )
 
