@@ -134,6 +134,7 @@ def train_tokenizer(cfg: TokenizerAppConfig | DictConfig) -> Path:
         show_progress=False,
     )
     tok.train_from_iterator(_batches(lines), trainer=trainer, length=len(lines))
+    canonicalize_ids(tok)
     check_special_tokens(tok, out)
     add_post_processor(tok)
     with atomic_directory(out) as tmp:
@@ -147,6 +148,22 @@ def train_tokenizer(cfg: TokenizerAppConfig | DictConfig) -> Path:
         flush=True,
     )
     return out
+
+
+def canonicalize_ids(tok: Tokenizer) -> None:
+    """Renumber the trained vocabulary: special tokens first, then the rest sorted.
+
+    The trainer returns the same token set on every run but numbers tokens of equal rank in the
+    order of a Rust hash map, which differs between processes; a tokenizer must be identical
+    (same bytes, same hash in the data manifest) for the same corpus and config. WordPiece
+    segments by longest match over the set, so renumbering changes no segmentation.
+    """
+    vocab = tok.get_vocab(with_added_tokens=False)
+    rest = sorted(t for t in vocab if t not in SPECIAL_TOKENS)
+    ordered = [*SPECIAL_TOKENS, *rest]
+    tok.model = models.WordPiece(
+        {t: i for i, t in enumerate(ordered)}, unk_token="[UNK]", continuing_subword_prefix="##"
+    )
 
 
 def _batches(lines: list[str], size: int = 1000) -> Iterator[list[str]]:

@@ -135,3 +135,20 @@ def test_load_tokenizer_dir_errors(tmp_path):
         load_tokenizer_dir(tmp_path / "nope")
     with pytest.raises(UserError, match=r"has no tokenizer.json.*bert-tokenizer"):
         load_tokenizer_dir(tmp_path)
+
+
+@pytest.mark.e2e
+def test_training_is_byte_identical_across_processes(tmp_path, english_corpus, app_env):
+    """The trainer numbers equal-rank tokens in hash-map order, which varies per process; the saved
+    tokenizer must not (its hash identifies the data built with it)."""
+    import subprocess
+    import sys
+
+    hashes = []
+    for run in ("a", "b"):
+        cmd = [sys.executable, "-m", "data_prep.tokenizer",
+               *tokenizer_overrides(tmp_path / run, english_corpus)]  # fmt: skip
+        subprocess.run(cmd, env=app_env, check=True, capture_output=True, timeout=120)
+        out = tmp_path / run / "tokenizers" / "english" / "tokenizer.json"
+        hashes.append(out.read_bytes())
+    assert hashes[0] == hashes[1]
