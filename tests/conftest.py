@@ -33,3 +33,18 @@ def app_env() -> dict[str, str]:
     env["TOKENIZERS_PARALLELISM"] = "false"
     env["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     return env
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(prepared_english, tmp_path_factory) -> Path:
+    """A finished (4-step) `bert-pretrain` run directory on `prepared_english`."""
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("pretrained_run")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "pretrain.train", "experiment=debug", f"work_dir={work}",
+           f"data.dir={prepared_english}", "name=tiny", "trainer.max_steps=4",
+           "trainer.val_check_interval=4"]  # fmt: skip
+    subprocess.run(cmd, env=env, cwd=work, check=True, capture_output=True, timeout=300)
+    return work / "runs" / "tiny"

@@ -1,0 +1,297 @@
+"""Move weights between this project and the Hugging Face format, and load any of them by path.
+
+`load_pretrained(path)` accepts a project checkpoint (`.ckpt`), a run directory (its newest
+checkpoint) or a Hugging Face BERT directory, and returns our `BertForPreTraining` with its
+tokenizer. `export_hf` writes a directory that `transformers.BertForPreTraining.from_pretrained`
+loads with no missing or unexpected keys. No `transformers` import here: the format is plain JSON
+and safetensors, so exporting works where only the training dependencies are installed.
+
+    bert-export checkpoint=work/runs/demo output_dir=work/export/demo
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.errors import UserError, exit_on_user_error
+from pretrain.model import BertConfig, BertForPreTraining, hf_config_kwargs, hf_state_dict_key_map
+from pretrain.tokenizer_check import tokenizer_sha256
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+# Our tied decoder weight: the same tensor as the word embeddings, stored once in the export.
+TIED_KEY = "mlm.word_embeddings.weight"
+MODULE_PREFIX = "model."  # attribute of BertPretrainingModule holding the plain model
+
+
+@dataclass
+class Pretrained:
+    """A model ready to use, and where it came from."""
+
+    model: BertForPreTraining
+    config: BertConfig
+    tokenizer_dir: Path
+    source: Path
+    """The checkpoint file or Hugging Face directory actually read."""
+    run_dir: Path | None = None
+    """The training run's directory, for project checkpoints."""
+
+
+# ---------------------------------------------------------------- reading project checkpoints
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    """`checkpoints/last.ckpt`, else the highest-step `step*.ckpt` of a run directory."""
+    ckpt_dir = run_dir / "checkpoints"
+    if (ckpt_dir / "last.ckpt").exists():
+        return ckpt_dir / "last.ckpt"
+    steps = sorted(ckpt_dir.glob("step*.ckpt"))
+    if not steps:
+        raise UserError(
+            f"run directory {run_dir} has no checkpoint under checkpoints/; train it first"
+        )
+    return steps[-1]
+
+
+def _config_from_hparams(saved: dict, source: Path) -> BertConfig:
+    known = {f.name for f in fields(BertConfig)}
+    try:
+        return BertConfig(**{k: v for k, v in saved.items() if k in known})
+    except (TypeError, ValueError) as err:
+        raise UserError(f"{source}: its model config is not usable ({err})") from None
+
+
+def _tokenizer_dir_of_run(run_dir: Path) -> Path:
+    """The tokenizer the run trained with, from its saved resolved config."""
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UserError(
+            f"{run_dir} has no config.yaml, so its tokenizer is unknown; pass a run "
+            f"directory written by bert-pretrain"
+        )
+    data = OmegaConf.load(config_path).data
+    tokenizer_dir = Path(data.tokenizer_dir) if data.tokenizer_dir else Path(data.dir) / "tokenizer"
+    if not (tokenizer_dir / "tokenizer.json").is_file():
+        raise UserError(
+            f"the tokenizer of run {run_dir} ({tokenizer_dir}) is gone; restore the data "
+            f"directory or set data.tokenizer_dir"
+        )
+    manifest_path = run_dir / "data_manifest.json"
+    if manifest_path.is_file():  # the data (and tokenizer) may have been rebuilt since the run
+        expected = json.loads(manifest_path.read_text())["tokenizer"]["sha256"]
+        if tokenizer_sha256(tokenizer_dir) != expected:
+            raise UserError(
+                f"{tokenizer_dir} is not the tokenizer run {run_dir} trained with "
+                f"(its data_manifest.json says sha256 {expected[:12]}…); restore it"
+            )
+    return tokenizer_dir
+
+
+def load_project_checkpoint(path: Path) -> Pretrained:
+    """A `bert-pretrain` checkpoint file (a run dir's `checkpoints/*.ckpt`)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated or foreign file: all mean "unusable"
+        raise UserError(
+            f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if "state_dict" not in ckpt or "model" not in ckpt.get("hyper_parameters", {}):
+        raise UserError(f"checkpoint {path} is not a bert-pretrain checkpoint (no model config)")
+    cfg = _config_from_hparams(ckpt["hyper_parameters"]["model"], path)
+    state = {
+        k[len(MODULE_PREFIX) :]: v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith(MODULE_PREFIX)
+    }
+    model = BertForPreTraining(cfg)
+    _load_strict(model, state, path)
+    run_dir = path.parent.parent
+    return Pretrained(model.eval(), cfg, _tokenizer_dir_of_run(run_dir), path, run_dir)
+
+
+def _load_strict(model: BertForPreTraining, state: dict, source: Path) -> None:
+    state = {k: v.float() for k, v in state.items()}
+    state.setdefault(TIED_KEY, state.get("bert.embeddings.word.weight"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+# ---------------------------------------------------------------- Hugging Face format
+
+
+def hf_config_dict(cfg: BertConfig) -> dict:
+    """`config.json` of a `transformers.BertConfig` for the same architecture."""
+    return {
+        "architectures": ["BertForPreTraining"],
+        "model_type": "bert",
+        "position_embedding_type": "absolute",
+        "torch_dtype": "float32",
+        **hf_config_kwargs(cfg),
+    }
+
+
+def config_from_hf(hf: dict, source: Path) -> BertConfig:
+    """Our config from a Hugging Face `config.json`; refuses what this model cannot represent."""
+    if hf.get("model_type") != "bert":
+        raise UserError(
+            f"{source}: model_type is {hf.get('model_type')!r}, only 'bert' is supported"
+        )
+    unsupported = {"hidden_act": "gelu", "position_embedding_type": "absolute"}
+    for key, want in unsupported.items():
+        if hf.get(key, want) != want:
+            raise UserError(
+                f"{source}: {key}={hf[key]!r} is not supported (this model uses {want!r})"
+            )
+    return BertConfig(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf["max_position_embeddings"],
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        initializer_range=hf.get("initializer_range", 0.02),
+    )
+
+
+def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    if (hf_dir / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(hf_dir / "model.safetensors")
+    if (hf_dir / "pytorch_model.bin").is_file():
+        return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise UserError(f"{hf_dir} has neither model.safetensors nor pytorch_model.bin")
+
+
+def load_hf_dir(hf_dir: Path) -> Pretrained:
+    """A Hugging Face BERT directory (BertForPreTraining, BertModel or MLM-only) as our model.
+
+    Heads absent from the directory (e.g. NSP for a masked-LM-only model) keep their fresh init;
+    the encoder must be complete.
+    """
+    cfg = config_from_hf(json.loads((hf_dir / "config.json").read_text()), hf_dir / "config.json")
+    weights = _read_hf_weights(hf_dir)
+    if not any(k.startswith("bert.") for k in weights):  # saved from BertModel: no prefix
+        weights = {f"bert.{k}": v for k, v in weights.items()}
+    to_ours = {theirs: ours for ours, theirs in hf_state_dict_key_map(cfg).items()}
+    state = {to_ours[k]: v for k, v in weights.items() if k in to_ours}
+    model = BertForPreTraining(cfg)
+    fresh = set(model.state_dict()) - set(state) - {TIED_KEY}
+    encoder_missing = sorted(
+        k for k in fresh if k.startswith("bert.") and not k.startswith("bert.pooler")
+    )
+    if encoder_missing:
+        raise UserError(
+            f"{hf_dir} lacks encoder weights {encoder_missing[:5]}; is it a BERT model?"
+        )
+    model.load_state_dict({**model.state_dict(), **{k: v.float() for k, v in state.items()}})
+    if not (hf_dir / "tokenizer.json").is_file() and not (hf_dir / "vocab.txt").is_file():
+        raise UserError(f"{hf_dir} has no tokenizer (tokenizer.json or vocab.txt)")
+    return Pretrained(model.eval(), cfg, hf_dir, hf_dir)
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
+    """A project checkpoint, a run directory (newest checkpoint) or a Hugging Face directory."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(
+            f"{path} does not exist; give a .ckpt, a run directory or a Hugging Face "
+            f"model directory"
+        )
+    if path.is_dir() and (path / "config.json").is_file():
+        return load_hf_dir(path)
+    if path.is_dir():
+        return load_project_checkpoint(newest_checkpoint(path))
+    return load_project_checkpoint(path)
+
+
+def export_hf(pretrained: Pretrained, output_dir: Path) -> Path:
+    """Write `pretrained` as a Hugging Face directory (atomically: a temporary sibling, renamed)."""
+    from safetensors.torch import save_file
+
+    output_dir = Path(output_dir)
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    key_map = hf_state_dict_key_map(pretrained.config)
+    state = pretrained.model.state_dict()
+    tensors = {
+        key_map[k]: v.detach().float().contiguous() for k, v in state.items() if k != TIED_KEY
+    }
+    save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(hf_config_dict(pretrained.config), indent=2))
+    for name in TOKENIZER_FILES:
+        if (pretrained.tokenizer_dir / name).is_file():
+            shutil.copy2(pretrained.tokenizer_dir / name, tmp / name)
+    (tmp / "README.md").write_text(model_card(pretrained))
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    tmp.rename(output_dir)
+    return output_dir
+
+
+def model_card(pretrained: Pretrained) -> str:
+    """A README.md with what is known of the model's training: config, data manifest, metrics."""
+    sections = [
+        "---\nlibrary_name: transformers\ntags: [bert, fill-mask]\n---\n",
+        f"# BERT ({pretrained.config.num_layers} layers, hidden "
+        f"{pretrained.config.hidden_size}) pretrained with bert-pretrain\n",
+        f"Exported from `{pretrained.source}`.\n",
+        "## Architecture\n",
+        "```json\n" + json.dumps(asdict(pretrained.config), indent=2) + "\n```\n",
+    ]
+    run = pretrained.run_dir
+    for title, name, lang in (
+        ("Final held-out metrics", "summary.json", "json"),
+        ("Training config", "config.yaml", "yaml"),
+        ("Data manifest", "data_manifest.json", "json"),
+    ):
+        if run is not None and (run / name).is_file():
+            sections += [f"## {title}\n", f"```{lang}\n{(run / name).read_text().strip()}\n```\n"]
+    return "\n".join(sections)
+
+
+# ---------------------------------------------------------------- command line
+
+
+@dataclass
+class ExportConfig:
+    checkpoint: str = "???"
+    """A .ckpt, a run directory (its newest checkpoint), or a Hugging Face directory."""
+    output_dir: str = "???"
+    """Where the Hugging Face directory is written (replaced if it exists)."""
+
+
+ConfigStore.instance().store(name="export_schema", node=ExportConfig)
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    pretrained = load_pretrained(cfg.checkpoint)
+    out = export_hf(pretrained, Path(cfg.output_dir))
+    print(f"exported {pretrained.source} -> {out} (load with transformers' from_pretrained)")
+
+
+if __name__ == "__main__":
+    main()
