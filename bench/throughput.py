@@ -25,9 +25,13 @@ def make_batch(batch: int, seq: int, vocab: int, mask_rate: float, seed: int = 0
     labels = torch.full_like(ids, -100)
     chosen = torch.rand(batch, seq, generator=g) < mask_rate
     labels[chosen] = ids[chosen]
-    return dict(input_ids=ids, token_type_ids=torch.zeros_like(ids),
-                attention_mask=torch.ones_like(ids), labels=labels,
-                next_sentence_label=torch.randint(0, 2, (batch,), generator=g))
+    return dict(
+        input_ids=ids,
+        token_type_ids=torch.zeros_like(ids),
+        attention_mask=torch.ones_like(ids),
+        labels=labels,
+        next_sentence_label=torch.randint(0, 2, (batch,), generator=g),
+    )
 
 
 def ours_step(model, b):
@@ -36,9 +40,13 @@ def ours_step(model, b):
 
 
 def hf_step(model, b):
-    return model(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"],
-                 attention_mask=b["attention_mask"], labels=b["labels"],
-                 next_sentence_label=b["next_sentence_label"]).loss
+    return model(
+        input_ids=b["input_ids"],
+        token_type_ids=b["token_type_ids"],
+        attention_mask=b["attention_mask"],
+        labels=b["labels"],
+        next_sentence_label=b["next_sentence_label"],
+    ).loss
 
 
 def timed_steps(step_fn, model, opt, batch, steps: int, autocast: bool) -> float:
@@ -56,7 +64,9 @@ def timed_steps(step_fn, model, opt, batch, steps: int, autocast: bool) -> float
 def main() -> None:
     import transformers
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="bert-mini")
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--seq", type=int, default=128)
@@ -71,7 +81,8 @@ def main() -> None:
     cfg = preset(args.model, vocab_size=args.vocab, hidden_dropout=0.1, attention_dropout=0.1)
     ours = BertForPreTraining(cfg).train()
     hf = transformers.BertForPreTraining(
-        transformers.BertConfig(**hf_config_kwargs(cfg), attn_implementation="sdpa")).train()
+        transformers.BertConfig(**hf_config_kwargs(cfg), attn_implementation="sdpa")
+    ).train()
     peers = {
         "ours": (ours_step, ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
         "hf": (hf_step, hf, torch.optim.AdamW(hf.parameters(), lr=1e-4)),
@@ -87,12 +98,18 @@ def main() -> None:
         for name, (fn, model, opt) in peers.items():
             rates[name].append(tokens / timed_steps(fn, model, opt, batch, args.steps, autocast))
     ratios = [o / h for o, h in zip(rates["ours"], rates["hf"], strict=True)]
-    print(f"{args.model} seq {args.seq} batch {args.batch} {args.precision}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"{args.model} seq {args.seq} batch {args.batch} {args.precision}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
     for name, r in rates.items():
-        print(f"  {name:5s} {statistics.median(r):10,.0f} tokens/s (median of {args.rounds} rounds)")
-    print(f"  ratio ours/hf {statistics.median(ratios):.2f}× (median of per-round ratios; "
-          f"min {min(ratios):.2f}, max {max(ratios):.2f})")
+        print(
+            f"  {name:5s} {statistics.median(r):10,.0f} tokens/s (median of {args.rounds} rounds)"
+        )
+    print(
+        f"  ratio ours/hf {statistics.median(ratios):.2f}× (median of per-round ratios; "
+        f"min {min(ratios):.2f}, max {max(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -53,35 +53,196 @@ def find_resume_checkpoint(resume: str, checkpoint_dir: Path) -> Path | None:
         return last if last.exists() else None
     path = Path(resume)
     if not path.exists():
-        raise UserError(f"resume={resume!r}: no such checkpoint; give an existing .ckpt, 'auto' or 'never'")
+        raise UserError(
+            f"resume={resume!r}: no such checkpoint; give an existing .ckpt, 'auto' or 'never'"
+        )
     return path
 
 
-def validate_checkpoint(path: Path, model_hparams: dict) -> int:
-    """Read a checkpoint's metadata, check it belongs to this model; return its global step.
+def is_deepspeed_checkpoint(path: Path) -> bool:
+    """DeepSpeed writes a checkpoint as a directory of per-rank shards; everything else is a file."""
+    return Path(path).is_dir()
 
-    Fails with a message naming the checkpoint when it is truncated, not a training checkpoint,
-    or was trained with a different architecture.
+
+def validate_checkpoint(
+    path: Path,
+    model_hparams: dict,
+    world_size: int | None = None,
+    zero_stage: int | None = None,
+) -> int:
+    """Read a checkpoint's metadata, check it belongs to this model and launch; return its step.
+
+    `zero_stage` is None for the auto/ddp strategies (a single `.ckpt` file is expected) and the
+    ZeRO stage under DeepSpeed (a checkpoint directory with one shard per rank is expected; it must
+    have been written by `world_size` processes at the same stage). Fails with a message naming
+    the checkpoint when it is truncated, incomplete, not a training checkpoint, of another launch
+    shape, or was trained with a different architecture.
     """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # truncated zip, wrong format, ...: all mean "unusable"
-        raise UserError(
-            f"checkpoint {path} is corrupt or partial ({type(err).__name__}: {err}); delete it to "
-            f"start over, or pass resume=<an older checkpoint>"
-        ) from None
-    missing = [k for k in ("state_dict", "global_step", "hyper_parameters") if k not in ckpt]
+    path = Path(path)
+    if is_deepspeed_checkpoint(path):
+        if zero_stage is None:
+            raise UserError(
+                f"checkpoint {path} is a DeepSpeed (sharded) checkpoint but this run does not use "
+                f"DeepSpeed; resume with the strategy it was written with, or consolidate it with "
+                f"`bert-consolidate` and start a new run from the weights"
+            )
+        ckpt = _read_deepspeed_checkpoint(path, world_size, zero_stage)
+    else:
+        if zero_stage is not None:
+            raise UserError(
+                f"checkpoint {path} is a single-file checkpoint but this run uses DeepSpeed, which "
+                f"resumes from its own sharded checkpoint directories; resume with the strategy it "
+                f"was written with, or pass resume=never"
+            )
+        ckpt = _load(path, path)
+    missing = [k for k in ("global_step", "hyper_parameters") if k not in ckpt]
+    if not is_deepspeed_checkpoint(path) and "state_dict" not in ckpt:
+        missing.insert(0, "state_dict")
     if missing:
-        raise UserError(f"checkpoint {path} lacks {missing}: it is not a `bert-pretrain` checkpoint")
+        raise UserError(
+            f"checkpoint {path} lacks {missing}: it is not a `bert-pretrain` checkpoint"
+        )
     saved = ckpt["hyper_parameters"].get("model", {})
-    diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, config {v!r}"
-             for k, v in model_hparams.items() if k in saved and saved[k] != v]
+    diffs = [
+        f"model.{k}: checkpoint {saved.get(k)!r}, config {v!r}"
+        for k, v in model_hparams.items()
+        if k in saved and saved[k] != v
+    ]
     if diffs:
         raise UserError(
             f"checkpoint {path} is of another model ({'; '.join(diffs)}); use a new run name "
             f"(name=...) or resume=never"
         )
     return int(ckpt["global_step"])
+
+
+def _load(file: Path, checkpoint: Path) -> dict:
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # truncated zip, wrong format, ...: all mean "unusable"
+        raise UserError(
+            f"checkpoint {checkpoint} is corrupt or partial ({file.name}: {type(err).__name__}: "
+            f"{err}); delete it to start over, or pass resume=<an older checkpoint>"
+        ) from None
+
+
+def deepspeed_shard_files(tag_dir: Path, world_size: int, ds_config: dict) -> list[Path]:
+    """The files a complete DeepSpeed checkpoint (one model-parallel rank) holds: model states
+    (per rank under ZeRO-3) and, where DeepSpeed partitions the optimizer (ZeRO >= 1, or its bf16
+    optimizer at stage 0), one optimizer shard per rank (`bf16_`-prefixed in bf16 mode)."""
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    bf16 = bool(ds_config.get("bf16", {}).get("enabled", False))
+    if stage == 3:
+        files = [
+            tag_dir / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in range(world_size)
+        ]
+    else:
+        files = [tag_dir / "mp_rank_00_model_states.pt"]
+    if stage >= 1 or bf16:
+        prefix = "bf16_" if bf16 else ""
+        files += [
+            tag_dir / f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+            for r in range(world_size)
+        ]
+    return files
+
+
+def _read_deepspeed_checkpoint(path: Path, world_size: int | None, zero_stage: int) -> dict:
+    """Rank 0's model-state file of a DeepSpeed checkpoint (it holds Lightning's client state),
+    after checking that every shard is there and the launch shape matches."""
+    latest = path / "latest"
+    tag = latest.read_text().strip() if latest.is_file() else ""
+    tag_dir = path / tag if tag else path
+    if not tag or not tag_dir.is_dir():
+        raise UserError(
+            f"checkpoint {path} is a directory but not a DeepSpeed checkpoint (no `latest` file "
+            f"naming a tag directory); pass resume=<a checkpoint> or resume=never"
+        )
+    candidates = [
+        tag_dir / "mp_rank_00_model_states.pt",
+        tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt",
+    ]
+    rank0 = next((f for f in candidates if f.is_file()), None)
+    if rank0 is None:
+        raise UserError(
+            f"checkpoint {path} is incomplete: no model states of rank 0 in {tag_dir}; pass "
+            f"resume=<an older checkpoint> or resume=never"
+        )
+    ckpt = _load(rank0, path)
+    saved_world = ckpt.get("dp_world_size")
+    ds_config = ckpt.get("ds_config") or {}
+    saved_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if saved_world is None:
+        raise UserError(
+            f"checkpoint {path} lacks DeepSpeed's dp_world_size: not a DeepSpeed checkpoint"
+        )
+    missing = [
+        f.name
+        for f in deepspeed_shard_files(tag_dir, int(saved_world), ds_config)
+        if not f.is_file()
+    ]
+    if missing:
+        raise UserError(
+            f"checkpoint {path} is incomplete: missing shard(s) {', '.join(missing)} of a "
+            f"{saved_world}-process ZeRO-{saved_stage} checkpoint; copy every rank's files into "
+            f"{tag_dir}, or pass resume=<an older checkpoint>"
+        )
+    if world_size is not None and int(saved_world) != world_size:
+        raise UserError(
+            f"checkpoint {path} was written by {saved_world} processes but this launch has "
+            f"{world_size}; DeepSpeed shards resume only at the same world size: relaunch with "
+            f"{saved_world} processes, or consolidate it with `bert-consolidate` and start a new run"
+        )
+    if saved_stage != zero_stage:
+        raise UserError(
+            f"checkpoint {path} was written with ZeRO stage {saved_stage} but this run uses stage "
+            f"{zero_stage}; resume with strategy=deepspeed_zero{saved_stage} (or its offload "
+            f"variant), or pass resume=never"
+        )
+    return ckpt
+
+
+class NonFiniteLossError(UserError):
+    """Training produced a NaN or infinite loss."""
+
+
+class LossMonitor(Callback):
+    """Logs `train/loss_global`, the mean loss of each optimizer step over its whole global batch
+    (every micro-batch of every process), and stops the run when it is NaN or infinite.
+
+    (`train/loss` is the loss of one process's last micro-batch.) The check runs after the step,
+    on every rank alike (the value is all-reduced), and before checkpoints of that step are written
+    (Lightning runs checkpoint callbacks last), so the last checkpoint on disk is a good one.
+    """
+
+    def __init__(self) -> None:
+        self._sum: torch.Tensor | None = None
+        self._last_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_step = trainer.global_step
+        self._sum = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # Lightning's outputs["loss"] is already divided by the accumulation steps.
+        loss = outputs["loss"].detach().float() if isinstance(outputs, dict) else None
+        if loss is None:
+            return
+        self._sum = loss if self._sum is None else self._sum + loss
+        if trainer.global_step == self._last_step:
+            return  # accumulating: the optimizer step is not complete yet
+        self._last_step = trainer.global_step
+        total = trainer.strategy.reduce(self._sum, reduce_op="sum")
+        mean = total / trainer.world_size
+        self._sum = None
+        if not torch.isfinite(mean):
+            raise NonFiniteLossError(
+                f"the loss became {float(mean)} at step {trainer.global_step}: training diverged "
+                f"(learning rate too high, or fp16 overflow); the last checkpoint written before "
+                f"this step is intact: lower optim.lr, use trainer.precision=bf16-mixed or 32, "
+                f"and resume"
+            )
+        pl_module.log("train/loss_global", mean, on_step=True, on_epoch=False)
 
 
 class RNGStateCheckpoint(Callback):
@@ -91,9 +252,12 @@ class RNGStateCheckpoint(Callback):
     def state_dict(self) -> dict[str, Any]:
         # Plain tensors, lists and numbers only, so checkpoints load with torch's weights_only=True.
         kind, keys, pos, has_gauss, cached = np.random.get_state()
-        return {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        return {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])

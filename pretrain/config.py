@@ -104,12 +104,18 @@ class ScheduleConfig:
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"schedule.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+            raise ValueError(
+                f"schedule.warmup_fraction must be in [0, 1), got {self.warmup_fraction}"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"schedule.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
     def warmup(self, max_steps: int) -> int:
-        return self.warmup_steps if self.warmup_steps is not None else int(self.warmup_fraction * max_steps)
+        return (
+            self.warmup_steps
+            if self.warmup_steps is not None
+            else int(self.warmup_fraction * max_steps)
+        )
 
 
 @dataclass
@@ -125,7 +131,8 @@ class TrainerConfig:
     num_nodes: int = 1
     precision: str = "bf16-mixed"
     """`bf16-mixed` (default), `16-mixed`, `32`, or `auto`: bf16 where the hardware has it, else
-    fp32 on CPUs and fp16 on older GPUs. Torch autocast on the default strategies."""
+    fp32 on CPUs and fp16 on older GPUs. Torch autocast on the auto and ddp strategies; under
+    DeepSpeed, DeepSpeed's own bf16 / fp16 (dynamic loss scaling) modes."""
     gradient_clip_val: float | None = 1.0
     """Clip the global gradient norm to this; None: no clipping."""
     val_check_interval: int = 500
@@ -143,16 +150,27 @@ class TrainerConfig:
     enable_progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "num_nodes", "val_check_interval", "log_every_n_steps",
-                     "checkpoint_every_n_steps"):
+        for name in (
+            "max_steps",
+            "num_nodes",
+            "val_check_interval",
+            "log_every_n_steps",
+            "checkpoint_every_n_steps",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"trainer.{name} must be positive, got {getattr(self, name)}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"trainer.precision={self.precision!r} is unknown; use one of {PRECISIONS}")
+            raise ValueError(
+                f"trainer.precision={self.precision!r} is unknown; use one of {PRECISIONS}"
+            )
         if self.exit_after_steps is not None and self.exit_after_steps <= 0:
-            raise ValueError(f"trainer.exit_after_steps must be positive or null, got {self.exit_after_steps}")
+            raise ValueError(
+                f"trainer.exit_after_steps must be positive or null, got {self.exit_after_steps}"
+            )
         if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
-            raise ValueError(f"trainer.gradient_clip_val must be positive or null, got {self.gradient_clip_val}")
+            raise ValueError(
+                f"trainer.gradient_clip_val must be positive or null, got {self.gradient_clip_val}"
+            )
 
 
 @dataclass
@@ -160,12 +178,33 @@ class StrategyConfig:
     """How work is spread over processes (see `pretrain/strategy.py`)."""
 
     name: str = "auto"
-    """`auto` (one process) or `ddp`."""
+    """`auto` (one process), `ddp` (replicated model, all-reduced gradients) or `deepspeed` (ZeRO)."""
     find_unused_parameters: bool = False
+    """DDP only: tolerate parameters that receive no gradient in a step (slower)."""
+    zero_stage: int = 2
+    """DeepSpeed only: 0 (plain data parallel), 1 (shard optimizer state), 2 (+ gradients),
+    3 (+ parameters)."""
+    offload_optimizer: bool = False
+    """DeepSpeed only: keep optimizer state and the optimizer step in CPU memory."""
+    offload_parameters: bool = False
+    """DeepSpeed ZeRO-3 only: keep parameters in CPU memory between uses."""
 
     def __post_init__(self) -> None:
-        if self.name not in ("auto", "ddp"):
-            raise ValueError(f"strategy.name={self.name!r} is unknown; use auto or ddp")
+        if self.name not in ("auto", "ddp", "deepspeed"):
+            raise ValueError(f"strategy.name={self.name!r} is unknown; use auto, ddp or deepspeed")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"strategy.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.name != "deepspeed" and (self.offload_optimizer or self.offload_parameters):
+            raise ValueError(
+                f"strategy.offload_optimizer/offload_parameters need strategy.name=deepspeed, "
+                f"not {self.name!r}; pick strategy=deepspeed_zero3_offload"
+            )
+        if self.offload_parameters and self.zero_stage != 3:
+            raise ValueError(
+                f"strategy.offload_parameters needs strategy.zero_stage=3, got {self.zero_stage}"
+            )
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("strategy.offload_optimizer needs strategy.zero_stage >= 1")
 
 
 @dataclass
@@ -248,7 +287,9 @@ class Runtime:
 def load_manifest(data_dir: Path) -> dict:
     path = data_dir / "manifest.json"
     if not data_dir.is_dir():
-        raise UserError(f"data.dir={str(data_dir)!r} does not exist; build it with `bert-prep` first")
+        raise UserError(
+            f"data.dir={str(data_dir)!r} does not exist; build it with `bert-prep` first"
+        )
     if not path.is_file():
         raise UserError(
             f"{path} is missing: {data_dir} is not a finished `bert-prep` output; re-run `bert-prep`"
@@ -256,7 +297,9 @@ def load_manifest(data_dir: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err}); re-run `bert-prep` with force=true") from None
+        raise UserError(
+            f"{path} is not valid JSON ({err}); re-run `bert-prep` with force=true"
+        ) from None
 
 
 def resolve_runtime(cfg: PretrainConfig, world_size: int) -> Runtime:
@@ -264,11 +307,15 @@ def resolve_runtime(cfg: PretrainConfig, world_size: int) -> Runtime:
 
     Mutates `cfg.model` in place (the only derived model field) and returns the rest.
     """
-    from pretrain.tokenizer_check import check_tokenizer_matches  # avoids importing tokenizers early
+    from pretrain.tokenizer_check import (
+        check_tokenizer_matches,  # avoids importing tokenizers early
+    )
 
     data_dir = Path(cfg.data.dir)
     manifest = load_manifest(data_dir)
-    tokenizer_dir = Path(cfg.data.tokenizer_dir) if cfg.data.tokenizer_dir else data_dir / "tokenizer"
+    tokenizer_dir = (
+        Path(cfg.data.tokenizer_dir) if cfg.data.tokenizer_dir else data_dir / "tokenizer"
+    )
     check_tokenizer_matches(tokenizer_dir, manifest, data_dir)
 
     vocab = int(manifest["tokenizer"]["vocab_size"])

@@ -1,22 +1,115 @@
 """The one place that decides how training is distributed and in which precision.
 
 `auto` runs one process (or lets Lightning pick for the devices given); `ddp` replicates the model
-per process and all-reduces gradients (gloo on CPU, NCCL on GPU). DeepSpeed ZeRO plugs in here.
+per process and all-reduces gradients (gloo on CPU, NCCL on GPU); `deepspeed` shards optimizer
+state (ZeRO-1), gradients too (ZeRO-2) and parameters too (ZeRO-3), optionally offloading the
+optimizer (and, at stage 3, the parameters) to CPU memory.
+
+DeepSpeed on GPUs uses Lightning's `DeepSpeedStrategy` (as `ZeROStrategy`, which only fixes a
+double division of the loss by the accumulation steps). On CPUs (tests, laptops, CI) it uses
+`CPUDeepSpeedStrategy`, which runs the very same ZeRO code with DeepSpeed's CPU accelerator
+(`DS_ACCELERATOR=cpu`) and the gloo backend.
+
+Under DeepSpeed, `trainer.precision` selects DeepSpeed's own modes (not torch autocast):
+`bf16-mixed` → `"bf16": {"enabled": true}` (bf16 weights and activations, fp32 master weights in
+the optimizer), `16-mixed` → `"fp16"` with dynamic loss scaling, `32` → fp32 throughout.
+Gradient accumulation and clipping are never written into the DeepSpeed dictionary here: Lightning
+fills them from `trainer.accumulate_grad_batches` and `trainer.gradient_clip_val`.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
-from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
+from typing_extensions import override
 
 from pretrain.config import StrategyConfig
+from pretrain.errors import UserError
 
 
-def build_strategy(cfg: StrategyConfig) -> Strategy | str:
+class ZeROStrategy(DeepSpeedStrategy):
+    """Lightning's DeepSpeed strategy (used as is on GPUs), with one fix: the loss is divided by
+    the gradient-accumulation steps once, not twice.
+
+    Lightning's training loop already divides each micro-batch loss by
+    `trainer.accumulate_grad_batches`, and `DeepSpeedEngine.backward` divides it again by
+    `gradient_accumulation_steps` (Lightning 2.6, DeepSpeed 0.19), which would shrink gradients by
+    the accumulation factor and make clipping and AdamW's epsilon act differently depending on how
+    a global batch is split. (AdamW is nearly invariant to a constant gradient scale, so the loss
+    curves barely show it; the gradient norm that clipping sees does.)
+    """
+
+    @override
+    def backward(self, closure_loss, optimizer, *args, **kwargs):
+        kwargs.setdefault("scale_wrt_gas", False)
+        return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+
+class CPUDeepSpeedStrategy(ZeROStrategy):
+    """The DeepSpeed strategy with its CUDA-only checks lifted, for DeepSpeed's CPU accelerator.
+    Used only when the accelerator is the CPU; everything else is inherited."""
+
+    strategy_name = "deepspeed_cpu"
+
+    @override
+    def setup_environment(self) -> None:
+        # The parent refuses anything but CUDAAccelerator; skip to DDP's environment setup.
+        DDPStrategy.setup_environment(self)
+
+    @override
+    def setup_distributed(self) -> None:
+        # As the parent, less `_validate_device_index_selection`: CPU devices carry no index.
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    @property
+    @override
+    def root_device(self) -> torch.device:
+        # DeepSpeed's engine reads `device_rank` from the device index; CPU devices have none.
+        return torch.device("cpu", self.local_rank)
+
+
+def uses_cpu(accelerator: str) -> bool:
+    """Whether `trainer.accelerator` resolves to the CPU."""
+    return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+
+
+def deepspeed_config(cfg: StrategyConfig) -> dict:
+    """The DeepSpeed dictionary for a ZeRO stage: sharding and offload only. Precision,
+    accumulation, micro-batch and clipping are added by Lightning from the trainer settings."""
+    zero: dict = {"stage": cfg.zero_stage}
+    extra: dict = {}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        # Let torch's AdamW take the offloaded step (DeepSpeedCPUAdam needs a compiled op).
+        extra["zero_force_ds_cpu_optimizer"] = False
+    if cfg.offload_parameters:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    return {
+        "zero_allow_untested_optimizer": True,  # torch's AdamW, built in configure_optimizers
+        "zero_optimization": zero,
+        **extra,
+    }
+
+
+def build_strategy(cfg: StrategyConfig, accelerator: str = "auto") -> Strategy | str:
     if cfg.name == "ddp":
         return DDPStrategy(find_unused_parameters=cfg.find_unused_parameters)
+    if cfg.name == "deepspeed":
+        if uses_cpu(accelerator):
+            # Must be set before DeepSpeed first picks its accelerator (at its first use).
+            if os.environ.setdefault("DS_ACCELERATOR", "cpu") != "cpu":
+                raise UserError(
+                    f"DS_ACCELERATOR={os.environ['DS_ACCELERATOR']!r} but trainer.accelerator "
+                    f"is the CPU; unset DS_ACCELERATOR or set it to 'cpu'"
+                )
+            return CPUDeepSpeedStrategy(config=deepspeed_config(cfg))
+        return ZeROStrategy(config=deepspeed_config(cfg))
     return "auto"
-
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

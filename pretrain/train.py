@@ -4,14 +4,20 @@ Launch forms (any Hydra override may follow, e.g. `trainer.max_steps=2000 model=
 
     python -m pretrain.train experiment=demo                       # one process (= bert-pretrain)
     torchrun --nproc_per_node 8 -m pretrain.train strategy=ddp trainer.devices=8 ...   # one node
+    torchrun --nproc_per_node 8 -m pretrain.train strategy=deepspeed_zero2 trainer.devices=8 ...
+    torchrun --nnodes 2 --node_rank {0,1} --master_addr HOST --nproc_per_node 8 -m pretrain.train \
+        strategy=deepspeed_zero3 trainer.num_nodes=2 trainer.devices=8 ...   # two nodes
     sbatch --nodes 4 slurm/pretrain.sbatch ...                     # a SLURM cluster
 
 Re-running the same command resumes from the run directory's last checkpoint (`resume=auto`).
+Every process computes the same run directory; Hydra writes its files and log on rank 0 only.
+See docs/distributed.md.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import asdict
@@ -28,11 +34,18 @@ from pretrain.callbacks import ExitAfterSteps, ThroughputMonitor
 from pretrain.checkpointing import (
     LAST,
     AtomicCheckpointIO,
+    LossMonitor,
     RNGStateCheckpoint,
     find_resume_checkpoint,
     validate_checkpoint,
 )
-from pretrain.config import LoggerConfig, PretrainConfig, register_configs, resolve_runtime, to_typed
+from pretrain.config import (
+    LoggerConfig,
+    PretrainConfig,
+    register_configs,
+    resolve_runtime,
+    to_typed,
+)
 from pretrain.data import LoaderSettings, PretrainDataModule
 from pretrain.errors import exit_on_user_error
 from pretrain.module import BertPretrainingModule
@@ -40,8 +53,15 @@ from pretrain.strategy import build_strategy, resolve_precision
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Fields that define the architecture: a checkpoint must agree on these to be resumed.
-ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                       "max_position_embeddings", "type_vocab_size")
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
 
 
 def build_logger(cfg: LoggerConfig, run_dir: Path, run_name: str) -> Logger | bool:
@@ -51,8 +71,13 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, run_name: str) -> Logger | bo
         # One version_N folder per launch: a resumed run appends a folder, never overwrites one.
         return CSVLogger(save_dir=str(run_dir), name="csv")
     offline = cfg.mode == "offline" or (cfg.mode == "auto" and not _wandb_credentials())
-    return WandbLogger(project=cfg.project, entity=cfg.entity, name=run_name, save_dir=str(run_dir),
-                       offline=offline)
+    return WandbLogger(
+        project=cfg.project,
+        entity=cfg.entity,
+        name=run_name,
+        save_dir=str(run_dir),
+        offline=offline,
+    )
 
 
 def _wandb_credentials() -> bool:
@@ -71,15 +96,19 @@ def train(cfg: PretrainConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     checkpointing = ModelCheckpoint(
-        dirpath=checkpoint_dir, filename="step{step:07d}", auto_insert_metric_name=False,
-        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_top_k=1, save_last=True,
+        dirpath=checkpoint_dir,
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+        save_top_k=1,
+        save_last=True,
     )
     interactive = sys.stdout.isatty()
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
-        strategy=build_strategy(cfg.strategy),
+        strategy=build_strategy(cfg.strategy, cfg.trainer.accelerator),
         precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
         max_steps=cfg.trainer.max_steps,
         max_epochs=-1,  # training is step-based over an endless sample stream
@@ -94,17 +123,20 @@ def train(cfg: PretrainConfig) -> dict:
         enable_model_summary=True,
         use_distributed_sampler=False,  # our sampler shards by rank itself
         plugins=[AtomicCheckpointIO()],
-        callbacks=[checkpointing, RNGStateCheckpoint()],
+        callbacks=[LossMonitor(), checkpointing, RNGStateCheckpoint()],
         logger=False,
         default_root_dir=str(run_dir),
     )
     world_size = trainer.world_size
     runtime = resolve_runtime(cfg, world_size)
     trainer.accumulate_grad_batches = runtime.accumulate_grad_batches
-    trainer.callbacks.append(ThroughputMonitor(
-        cfg.trainer.log_every_n_steps, world_size,
-        print_progress=not (cfg.trainer.enable_progress_bar and interactive),
-    ))
+    trainer.callbacks.append(
+        ThroughputMonitor(
+            cfg.trainer.log_every_n_steps,
+            world_size,
+            print_progress=not (cfg.trainer.enable_progress_bar and interactive),
+        )
+    )
     if cfg.trainer.exit_after_steps is not None:
         trainer.callbacks.append(ExitAfterSteps(cfg.trainer.exit_after_steps))
     logger = build_logger(cfg.logger, run_dir, cfg.name)
@@ -114,7 +146,13 @@ def train(cfg: PretrainConfig) -> dict:
     resume_from = find_resume_checkpoint(cfg.resume, checkpoint_dir)
     if resume_from is not None:
         arch = {k: getattr(cfg.model, k) for k in ARCHITECTURE_FIELDS}
-        step = validate_checkpoint(resume_from, arch)
+        deepspeed = cfg.strategy.name == "deepspeed"
+        step = validate_checkpoint(
+            resume_from,
+            arch,
+            world_size=world_size,
+            zero_stage=cfg.strategy.zero_stage if deepspeed else None,
+        )
         rank_zero_info(f"resuming from {resume_from} (step {step})")
 
     _save_run_files(cfg, runtime.manifest, run_dir)
@@ -129,10 +167,17 @@ def train(cfg: PretrainConfig) -> dict:
         f"{runtime.accumulate_grad_batches} × {world_size} = global batch {cfg.data.global_batch_size}"
     )
     datamodule = PretrainDataModule(
-        runtime.data_dir, runtime.tokenizer_dir, runtime.manifest,
+        runtime.data_dir,
+        runtime.tokenizer_dir,
+        runtime.manifest,
         cfg.data.masking,
-        LoaderSettings(cfg.data.global_batch_size, cfg.data.micro_batch_size, cfg.data.val_batch_size,
-                       cfg.data.num_workers, cfg.seed),
+        LoaderSettings(
+            cfg.data.global_batch_size,
+            cfg.data.micro_batch_size,
+            cfg.data.val_batch_size,
+            cfg.data.num_workers,
+            cfg.seed,
+        ),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
 
@@ -175,8 +220,10 @@ def _write_summary(summary: dict, run_dir: Path) -> None:
     width = shutil.get_terminal_size((100, 20)).columns
     print("=" * min(width, 72))
     print(f"pretraining finished at step {summary['step']}")
-    print(f"  held-out MLM accuracy  {acc:.4f}   most-frequent-token baseline {base:.4f}"
-          f"  ({acc / base:.2f}×)")
+    print(
+        f"  held-out MLM accuracy  {acc:.4f}   most-frequent-token baseline {base:.4f}"
+        f"  ({acc / base:.2f}×)"
+    )
     print(f"  held-out NSP accuracy  {summary['val/nsp_acc']:.4f}   chance 0.5000")
     print(f"  tokenizer   {summary['tokenizer']}")
     print(f"  data        {summary['data']}")
@@ -187,11 +234,30 @@ def _write_summary(summary: dict, run_dir: Path) -> None:
 
 register_configs()
 
+# Hydra on a non-zero rank: no `.hydra/` copy of the config and no log file in the run directory
+# (rank 0 writes both; the run directory itself is the same path on every rank).
+NON_ZERO_RANK_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=disabled")
+
+
+def launch_rank() -> int:
+    """Global rank given by the launcher (torchrun: RANK, srun: SLURM_PROCID); 0 when alone."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pretrain")
 @exit_on_user_error
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     train(to_typed(cfg))
+
+
+def main() -> None:
+    """`bert-pretrain`: the Hydra app, with Hydra's own output on rank 0 only."""
+    if launch_rank() != 0:
+        sys.argv.extend(o for o in NON_ZERO_RANK_OVERRIDES if o not in sys.argv)
+    _hydra_main()
 
 
 if __name__ == "__main__":
