@@ -26,7 +26,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,7 +40,6 @@ from pretrain.checkpointing import (
     validate_checkpoint,
 )
 from pretrain.config import (
-    LoggerConfig,
     PretrainConfig,
     register_configs,
     resolve_runtime,
@@ -48,7 +47,9 @@ from pretrain.config import (
 )
 from pretrain.data import LoaderSettings, PretrainDataModule
 from pretrain.errors import exit_on_user_error
+from pretrain.loggers import build_logger
 from pretrain.module import BertPretrainingModule
+from pretrain.preemption import PreemptionCheckpoint
 from pretrain.strategy import build_strategy, resolve_precision
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -62,31 +63,6 @@ ARCHITECTURE_FIELDS = (
     "max_position_embeddings",
     "type_vocab_size",
 )
-
-
-def build_logger(cfg: LoggerConfig, run_dir: Path, run_name: str) -> Logger | bool:
-    if cfg.name == "none":
-        return False
-    if cfg.name == "csv":
-        # One version_N folder per launch: a resumed run appends a folder, never overwrites one.
-        return CSVLogger(save_dir=str(run_dir), name="csv")
-    offline = cfg.mode == "offline" or (cfg.mode == "auto" and not _wandb_credentials())
-    return WandbLogger(
-        project=cfg.project,
-        entity=cfg.entity,
-        name=run_name,
-        save_dir=str(run_dir),
-        offline=offline,
-    )
-
-
-def _wandb_credentials() -> bool:
-    import os
-
-    netrc = Path.home() / ".netrc"
-    return bool(os.environ.get("WANDB_API_KEY")) or (
-        netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-    )
 
 
 def train(cfg: PretrainConfig) -> dict:
@@ -122,8 +98,15 @@ def train(cfg: PretrainConfig) -> dict:
         enable_progress_bar=cfg.trainer.enable_progress_bar and interactive,
         enable_model_summary=True,
         use_distributed_sampler=False,  # our sampler shards by rank itself
-        plugins=[AtomicCheckpointIO()],
-        callbacks=[LossMonitor(), checkpointing, RNGStateCheckpoint()],
+        # Under SLURM our PreemptionCheckpoint handles SIGUSR1 (at a step boundary), not Lightning.
+        plugins=[AtomicCheckpointIO()]
+        + ([SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []),
+        callbacks=[
+            LossMonitor(),
+            checkpointing,
+            RNGStateCheckpoint(),
+            preemption := PreemptionCheckpoint(checkpoint_dir / LAST),
+        ],
         logger=False,
         default_root_dir=str(run_dir),
     )
@@ -139,7 +122,7 @@ def train(cfg: PretrainConfig) -> dict:
     )
     if cfg.trainer.exit_after_steps is not None:
         trainer.callbacks.append(ExitAfterSteps(cfg.trainer.exit_after_steps))
-    logger = build_logger(cfg.logger, run_dir, cfg.name)
+    logger = build_logger(cfg.logger, run_dir, cfg.name, trainer.global_rank)
     if logger:
         trainer.loggers = [logger]
 
@@ -182,8 +165,14 @@ def train(cfg: PretrainConfig) -> dict:
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
 
     last = checkpoint_dir / LAST
-    if trainer.global_step % cfg.trainer.checkpoint_every_n_steps:
+    if trainer.global_step % cfg.trainer.checkpoint_every_n_steps and not preemption.requested:
         trainer.save_checkpoint(last)  # the final step, when it fell between periodic saves
+    if trainer.global_step < cfg.trainer.max_steps:  # exit_after_steps, preemption or a NaN stop
+        rank_zero_info(
+            f"stopped at step {trainer.global_step} of {cfg.trainer.max_steps}; run the "
+            f"same command again to resume from {last}"
+        )
+        return {"step": trainer.global_step, "checkpoint": str(last), "run_dir": str(run_dir)}
 
     # Final held-out evaluation on the whole validation split.
     trainer.limit_val_batches = 1.0
