@@ -52,3 +52,68 @@ def test_pretrain_sbatch_runs_two_tasks_and_names_the_run_by_job_id(
     assert summary["step"] == 4
     assert "global batch 8" in output and "accumulation 1 × 2" in output  # 2 ranks, micro-batch 4
     assert output.count("pretraining finished") == 1
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def job_state(job: str) -> str:
+    """PENDING, RUNNING, ... or "" once the job has left the queue."""
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def losses(run) -> dict[int, float]:
+    import csv
+
+    out = {}
+    for path in sorted(run.glob("csv/version_*/metrics.csv")):
+        with open(path) as f:
+            out.update({int(r["step"]): float(r["train/loss_global"])
+                        for r in csv.DictReader(f) if r.get("train/loss_global")})  # fmt: skip
+    return out
+
+
+def test_preempted_job_checkpoints_requeues_and_ends_like_an_uninterrupted_one(
+    prepared_english, tmp_path, app_env
+):
+    """SIGUSR1 (as `--signal=USR1@90` sends before a time limit): checkpoint at the next step
+    boundary, requeue, resume with no flag, and finish with the same per-step losses (fp32, exact)."""
+    env = dict(app_env, PYTHON=sys.executable)
+    args = ["--ntasks-per-node=2", "--cpus-per-task=1", str(REPO / "slurm" / "pretrain.sbatch"),
+            "experiment=debug", f"work_dir={tmp_path}", f"data.dir={prepared_english}",
+            "trainer.max_steps=80", "trainer.val_check_interval=1000",
+            "trainer.checkpoint_every_n_steps=1000", "trainer.log_every_n_steps=1"]  # fmt: skip
+    whole = sbatch(tmp_path, dict(env, RUN_NAME="whole"), *args)
+    assert whole.returncode == 0, whole.stderr
+
+    submit = ["sbatch", "--parsable", f"--chdir={tmp_path}", "--output=preempted-%j.out", *args]
+    proc = subprocess.run(submit, env=dict(env, RUN_NAME="preempted"), capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    job = proc.stdout.strip().split(";")[0]
+    log = tmp_path / f"preempted-{job}.out"
+    wait_for(lambda: log.is_file() and "step 10/80" in log.read_text(), 240, "step 10")
+    subprocess.run(["scancel", "--signal=USR1", job], check=True)
+    wait_for(lambda: "requeued SLURM job" in log.read_text(), 120, "the requeue")
+    # SLURM holds a requeued job for a while (BeginTime) before it is eligible again; release it
+    # now rather than make the test wait, as an administrator could.
+    wait_for(lambda: job_state(job) == "PENDING", 120, "the job to be pending again")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    wait_for(lambda: not job_state(job), 400, "the requeued job to finish")
+
+    output = log.read_text()
+    assert "preemption signal: checkpointing at step" in output
+    assert "requeued SLURM job" in output and "(restart 1)" in output
+    assert "resuming from" in output and output.count("pretraining finished at step 80") == 1
+    preempted, reference = (
+        losses(tmp_path / "runs" / "preempted"),
+        losses(tmp_path / "runs" / "whole"),
+    )
+    assert len(reference) == 80 and preempted == reference
