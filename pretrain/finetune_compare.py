@@ -1,0 +1,148 @@
+"""Does pretraining help? Fine-tune a pretrained model and the same architecture from random
+initialization, with identical settings and seeds, on each task; print the scores side by side.
+
+    python -m pretrain.finetune_compare --model work/runs/demo          # = make finetune-demo
+
+Each (task, init, seed) is one `bert-finetune` run (composed from `conf/finetune.yaml` with the
+overrides below, run in this process) in `<work>/finetune/compare/<task>-<init>-s<seed>`; the table
+reports the test metric of the best dev epoch, mean ± standard deviation over the seeds, and is
+saved as `<work>/finetune/compare/summary.json`. A run whose directory already holds its
+`metrics.json` under the same resolved config is not repeated (re-running resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from pretrain.errors import UserError
+
+# Settings of the CPU comparison: bert-tiny-sized models train a few minutes per task.
+TASK_OVERRIDES = {
+    "rotten_tomatoes": ["trainer.max_epochs=3", "optim.lr=2e-4", "batch_size=32"],
+    "wnut16": ["trainer.max_epochs=10", "optim.lr=3e-4", "batch_size=16", "patience=3"],
+}
+INITS = ("pretrained", "random")
+
+
+def run_one(task: str, init: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pretrain.finetune import CONF_DIR, finetune, to_typed
+
+    out = Path(args.work_dir) / "finetune" / "compare" / f"{task}-{init}-s{seed}"
+    overrides = [
+        f"task={task}",
+        f"model_path={args.model}",
+        f"init={init}",
+        f"seed={seed}",
+        f"work_dir={args.work_dir}",
+        f"run_dir={out}",
+        "logger=none",
+        *TASK_OVERRIDES.get(task, []),
+        *extra,
+    ]
+    if args.tokenizer_dir:
+        overrides.append(f"tokenizer_dir={args.tokenizer_dir}")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = to_typed(compose(config_name="finetune", overrides=overrides))
+    done = out / "metrics.json"
+    if done.is_file() and (out / "config.yaml").read_text() == OmegaConf.to_yaml(
+        OmegaConf.structured(cfg)
+    ):
+        print(f"{out}: finished earlier with the same config; reusing its metrics.json")
+        return json.loads(done.read_text())
+    return finetune(cfg)
+
+
+def summarize(results: list[dict]) -> dict:
+    """`{task: {"metric", "pretrained": [..], "random": [..]}}` of test scores, in seed order."""
+    table: dict[str, dict] = {}
+    for r in results:
+        row = table.setdefault(r["task"], {"metric": r["metric"], **{i: [] for i in INITS}})
+        row[r["init"]].append(r["test"][r["metric"]])
+    return table
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+
+def format_table(table: dict, seeds: list[int]) -> str:
+    lines = [
+        f"| task | test metric | pretrained (mean ± sd, {len(seeds)} seeds) | random init | "
+        "per seed: pretrained / random |",
+        "|---|---|---|---|---|",
+    ]
+    for task, row in table.items():
+        per_seed = ", ".join(
+            f"{p:.3f} / {r:.3f}" for p, r in zip(row["pretrained"], row["random"], strict=False)
+        )
+        lines.append(
+            f"| {task} | {row['metric']} | {_mean_sd(row['pretrained'])} | "
+            f"{_mean_sd(row['random'])} | {per_seed} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="work/runs/demo", help="checkpoint, run dir or HF dir")
+    parser.add_argument("--tokenizer-dir", default=None, help="default: the model's tokenizer")
+    parser.add_argument("--work-dir", default="work")
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_OVERRIDES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra bert-finetune override for every run (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results, started = [], time.time()
+    try:
+        for task in args.tasks:
+            for seed in args.seeds:
+                for init in INITS:
+                    results.append(run_one(task, init, seed, args, args.overrides))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    table = summarize(results)
+    elapsed = time.time() - started
+    out = Path(args.work_dir) / "finetune" / "compare" / "summary.json"
+    out.write_text(
+        json.dumps(
+            {
+                "model": args.model,
+                "seeds": args.seeds,
+                "settings": {t: TASK_OVERRIDES.get(t, []) + args.overrides for t in args.tasks},
+                "table": table,
+                "runs": results,
+                "seconds": round(elapsed),
+            },
+            indent=2,
+        )
+    )
+    print(f"\nDoes pretraining help? {args.model} vs the same architecture from random init")
+    print(format_table(table, args.seeds))
+    print(f"({len(results)} runs in {elapsed / 60:.1f} min; details in {out})")
+
+
+if __name__ == "__main__":
+    main()

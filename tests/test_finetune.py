@@ -1,0 +1,200 @@
+"""`bert-finetune` end to end on tiny synthetic tasks (a bert-tiny, seconds per run)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from pretrain.errors import UserError
+from pretrain.export import Pretrained, export_hf
+from pretrain.finetune import CONF_DIR, finetune, to_typed
+from pretrain.model import BertForPreTraining, preset
+
+FAST = [
+    "logger=none",
+    "trainer.accelerator=cpu",
+    "batch_size=16",
+    "optim.lr=1e-3",
+    "task.max_seq_length=32",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(prepared_english, tmp_path_factory) -> Path:
+    """A freshly initialized bert-tiny with the fixture's 1000-token tokenizer, exported."""
+    torch.manual_seed(0)
+    cfg = preset("bert-tiny", vocab_size=1000, max_position_embeddings=64)
+    tokenizer = prepared_english / "tokenizer"
+    pretrained = Pretrained(BertForPreTraining(cfg), cfg, tokenizer, source=Path("synthetic"))
+    return export_hf(pretrained, tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def words(prepared_english) -> list[str]:
+    vocab = json.loads((prepared_english / "tokenizer" / "tokenizer.json").read_text())
+    whole = sorted(w for w in vocab["model"]["vocab"] if w.isalpha() and len(w) > 3)
+    return whole[:40]
+
+
+def synthetic(words: list[str], n: int, seed: int, tokens: bool) -> list[dict]:
+    """Sentences of filler words; half contain the key phrase `words[0] words[1]`.
+    Sequences: label `yes` iff the phrase occurs. Tokens: the phrase is a `KEY` entity."""
+    rng = random.Random(seed)
+    key, filler = words[:2], words[2:]
+    rows = []
+    for i in range(n):
+        sent = [rng.choice(filler) for _ in range(rng.randint(4, 9))]
+        tags = ["O"] * len(sent)
+        if i % 2:
+            at = rng.randrange(len(sent))
+            sent[at:at] = key
+            tags[at:at] = ["B-KEY", "I-KEY"]
+        if tokens:
+            rows.append({"tokens": sent, "tags": tags})
+        else:
+            rows.append({"text": " ".join(sent), "label": "yes" if i % 2 else "no"})
+    return rows
+
+
+def write_splits(root: Path, rows: dict[str, list[dict]], fmt: str) -> list[str]:
+    root.mkdir(parents=True, exist_ok=True)
+    overrides = []
+    for split, records in rows.items():
+        path = root / f"{split}.{fmt}"
+        if fmt == "csv":
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, list(records[0]))
+                w.writeheader()
+                w.writerows(records)
+        else:
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        overrides.append(f"task.{split}={path}")
+    return overrides
+
+
+def run(tmp_path: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="finetune", overrides=[f"work_dir={tmp_path}", *FAST, *overrides])
+    return finetune(to_typed(cfg))
+
+
+@pytest.fixture(scope="module")
+def sequence_files(words, tmp_path_factory) -> list[str]:
+    rows = {s: synthetic(words, n, i, False) for i, (s, n) in enumerate(SIZES.items())}
+    return write_splits(tmp_path_factory.mktemp("seq"), rows, "csv")
+
+
+@pytest.fixture(scope="module")
+def token_files(words, tmp_path_factory) -> list[str]:
+    rows = {s: synthetic(words, n, i, True) for i, (s, n) in enumerate(SIZES.items())}
+    return write_splits(tmp_path_factory.mktemp("tok"), rows, "jsonl")
+
+
+SIZES = {"train": 256, "dev": 64, "test": 64}
+
+
+def test_sequence_classification_learns_a_keyword_task(tiny_model, sequence_files, tmp_path):
+    result = run(
+        tmp_path,
+        "task=sequence_classification",
+        "task.name=keyword",
+        f"model_path={tiny_model}",
+        "trainer.max_epochs=4",
+        *sequence_files,
+    )
+    assert result["test"]["accuracy"] > 0.75, result  # chance is 0.5
+    run_dir = tmp_path / "finetune" / "keyword-pretrained-s1234"
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["test"] == result["test"] and set(saved["dev"]) == {"accuracy", "macro_f1", "mcc"}
+    predictions = [json.loads(line) for line in (run_dir / "test_predictions.jsonl").open()]
+    assert len(predictions) == SIZES["test"]
+    acc = sum(p["prediction"] == p["label"] for p in predictions) / len(predictions)
+    assert acc == pytest.approx(result["test"]["accuracy"])
+    assert (run_dir / "config.yaml").is_file() and json.loads(
+        (run_dir / "labels.json").read_text()
+    ) == ["no", "yes"]
+
+
+def test_token_classification_finds_the_entities(tiny_model, token_files, tmp_path):
+    result = run(
+        tmp_path,
+        "task=token_classification",
+        "task.name=phrase",
+        f"model_path={tiny_model}",
+        "init=random",
+        "trainer.max_epochs=4",
+        *token_files,
+    )
+    assert result["test"]["f1"] > 0.5, result
+    assert result["labels"] == ["O", "B-KEY", "I-KEY"]
+    run_dir = tmp_path / "finetune" / "phrase-random-s1234"
+    first = json.loads((run_dir / "test_predictions.jsonl").open().readline())
+    assert len(first["predictions"]) == len(first["tokens"])
+
+
+def test_clear_errors(tiny_model, sequence_files, token_files, tmp_path, prepared_english):
+    seq = ["task=sequence_classification", "task.name=e", f"model_path={tiny_model}"]
+    with pytest.raises(UserError, match="no text column 'review'"):
+        run(tmp_path, *seq, *sequence_files, "task.text_column=review")
+    with pytest.raises(UserError, match="does not exist"):
+        run(tmp_path, *seq[:2], f"model_path={tmp_path / 'nope'}", *sequence_files)
+    with pytest.raises(UserError, match="unknown label 'yes'"):
+        run(tmp_path, *seq, *sequence_files, "task.labels=[no,maybe]")
+    with pytest.raises(UserError, match=r"needs task\.train, task\.dev, task\.test"):
+        run(tmp_path, *seq)
+    dev = tmp_path / "bad_dev.jsonl"
+    dev.write_text(json.dumps({"tokens": ["a"], "tags": ["B-ORG"]}) + "\n")
+    tok = [o for o in token_files if not o.startswith("task.dev=")]
+    with pytest.raises(UserError, match=r"bad_dev\.jsonl row 1: unknown label 'B-ORG'"):
+        run(tmp_path, "task=token_classification", "task.name=t", f"model_path={tiny_model}",
+            *tok, f"task.dev={dev}")  # fmt: skip
+    # a tokenizer with another vocabulary than the model's
+    small = tmp_path / "small_tok"
+    small.mkdir()
+    spec = json.loads((prepared_english / "tokenizer" / "tokenizer.json").read_text())
+    spec["model"]["vocab"] = dict(list(spec["model"]["vocab"].items())[:500])
+    (small / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(UserError, match="has 500 tokens but the model's vocabulary has 1000"):
+        run(tmp_path, *seq, *sequence_files, f"tokenizer_dir={small}")
+    with pytest.raises(UserError, match=r"task\.type=sequence_classification"):
+        run(tmp_path, *seq, "task.source=wnut16")
+
+
+@pytest.mark.e2e
+def test_bert_finetune_command(tiny_model, token_files, tmp_path, app_env):
+    cmd = [
+        sys.executable,
+        "-m",
+        "pretrain.finetune",
+        "task=token_classification",
+        "task.name=cli",
+        f"model={tiny_model}",
+        f"work_dir={tmp_path}",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "task.max_seq_length=32",
+        *token_files,
+    ]
+    proc = subprocess.run(
+        cmd, env=app_env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fine-tuned cli (pretrained, seed 1234)" in proc.stdout
+    run_dir = tmp_path / "finetune" / "cli-pretrained-s1234"
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1
+    assert len((run_dir / "test_predictions.jsonl").read_text().splitlines()) == SIZES["test"]
+
+    cmd[cmd.index(f"model={tiny_model}")] = f"model={tmp_path / 'missing'}"
+    proc = subprocess.run(
+        cmd, env=app_env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2
+    assert "missing' does not exist" in proc.stderr and "Traceback" not in proc.stderr
