@@ -30,23 +30,30 @@ def cluster():
         pytest.skip("no running SLURM cluster (start one with slurm/cluster-up.sh)")
 
 
-def sbatch(tmp_path, env, *args: str) -> subprocess.CompletedProcess:
-    cmd = ["sbatch", "--wait", "--parsable", f"--chdir={tmp_path}", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+def sbatch(tmp_path, env, *args: str) -> tuple[str, int]:
+    """Submit, wait for the job to leave the queue, return (job id, exit code).
+
+    Polls `squeue` itself: `sbatch --wait` backs off to half-minute polls and notices late."""
+    cmd = ["sbatch", "--parsable", f"--chdir={tmp_path}", *args]
+    job = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    job = job.strip().split(";")[0]
+    wait_for(lambda: not job_state(job), 600, f"job {job} to finish")
+    info = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    exit_code = int(info.split("ExitCode=")[1].split(":")[0]) if "ExitCode=" in info else -1
+    return job, exit_code
 
 
 def test_pretrain_sbatch_runs_two_tasks_and_names_the_run_by_job_id(
     prepared_english, tmp_path, app_env
 ):
     env = dict(app_env, PYTHON=sys.executable)
-    proc = sbatch(tmp_path, env, "--ntasks-per-node=2", "--cpus-per-task=1",
+    job, exit_code = sbatch(tmp_path, env, "--ntasks-per-node=2", "--cpus-per-task=1",
                   str(REPO / "slurm" / "pretrain.sbatch"), "experiment=debug",
                   f"work_dir={tmp_path}", f"data.dir={prepared_english}", "trainer.max_steps=4",
                   "trainer.val_check_interval=4")  # fmt: skip
-    job = proc.stdout.strip().split(";")[0]
     log = next(tmp_path.glob("slurm-*.out"), None)
     output = log.read_text() if log else ""
-    assert proc.returncode == 0, proc.stderr + output[-4000:]
+    assert exit_code == 0, output[-4000:]
     run = tmp_path / "runs" / f"slurm-{job}"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["step"] == 4
@@ -91,8 +98,8 @@ def test_preempted_job_checkpoints_requeues_and_ends_like_an_uninterrupted_one(
             "experiment=debug", f"work_dir={tmp_path}", f"data.dir={prepared_english}",
             "trainer.max_steps=80", "trainer.val_check_interval=1000",
             "trainer.checkpoint_every_n_steps=1000", "trainer.log_every_n_steps=1"]  # fmt: skip
-    whole = sbatch(tmp_path, dict(env, RUN_NAME="whole"), *args)
-    assert whole.returncode == 0, whole.stderr
+    _, exit_code = sbatch(tmp_path, dict(env, RUN_NAME="whole"), *args)
+    assert exit_code == 0
 
     submit = ["sbatch", "--parsable", f"--chdir={tmp_path}", "--output=preempted-%j.out", *args]
     proc = subprocess.run(submit, env=dict(env, RUN_NAME="preempted"), capture_output=True,
