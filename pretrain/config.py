@@ -142,6 +142,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 500
     """Write a resumable checkpoint every this many optimizer steps (and at the end)."""
+    keep_last_checkpoints: int = 1
+    """How many of the newest periodic checkpoints to keep (older ones are deleted), besides
+    `last.ckpt`. More than one guards against a newest checkpoint that turns out unusable."""
     exit_after_steps: int | None = None
     """Stop this launch after this many optimizer steps (checkpointing there); the schedule still
     spans max_steps and a re-run resumes. For time-sliced jobs and resume drills."""
@@ -162,6 +165,10 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"trainer.precision={self.precision!r} is unknown; use one of {PRECISIONS}"
+            )
+        if self.keep_last_checkpoints < 1:
+            raise ValueError(
+                f"trainer.keep_last_checkpoints must be >= 1, got {self.keep_last_checkpoints}"
             )
         if self.exit_after_steps is not None and self.exit_after_steps <= 0:
             raise ValueError(

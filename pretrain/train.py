@@ -76,7 +76,10 @@ def train(cfg: PretrainConfig) -> dict:
         filename="step{step:07d}",
         auto_insert_metric_name=False,
         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
-        save_top_k=1,
+        # "step" is always among Lightning's monitor candidates: keep the K newest.
+        monitor="step",
+        mode="max",
+        save_top_k=cfg.trainer.keep_last_checkpoints,
         save_last=True,
     )
     interactive = sys.stdout.isatty()

@@ -87,6 +87,14 @@ def test_resumed_run_has_the_same_losses_as_an_uninterrupted_one(
     assert whole == cut
 
 
+def test_only_the_newest_periodic_checkpoints_are_kept(prepared_english, tmp_path, app_env):
+    pretrain(app_env, tmp_path, prepared_english, "name=keep", "trainer.max_steps=8",
+             "trainer.checkpoint_every_n_steps=2", "trainer.keep_last_checkpoints=2",
+             "trainer.val_check_interval=8")  # fmt: skip
+    names = sorted(p.name for p in (tmp_path / "runs" / "keep" / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step0000006.ckpt", "step0000008.ckpt"]
+
+
 def test_corrupt_checkpoint_is_refused_with_its_name(prepared_english, tmp_path, app_env):
     ckpt = tmp_path / "runs" / "broken" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
