@@ -248,6 +248,10 @@ class PretrainConfig:
     """Seeds initialization, data order and masks."""
     resume: str = "auto"
     """`auto`: continue from the run directory's last checkpoint if any; `never`; or a checkpoint path."""
+    init_from: str | None = None
+    """Start from these weights instead of a random init (continued pretraining): a Hugging Face
+    BERT directory, a bert-pretrain checkpoint or run directory. Its architecture must match
+    `model.*` and its vocabulary the data's tokenizer. Ignored when resuming this run."""
     model: BertConfig = field(default_factory=BertConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -46,11 +46,13 @@ from pretrain.config import (
     to_typed,
 )
 from pretrain.data import LoaderSettings, PretrainDataModule
-from pretrain.errors import exit_on_user_error
+from pretrain.errors import UserError, exit_on_user_error
+from pretrain.export import load_pretrained
 from pretrain.loggers import build_logger
 from pretrain.module import BertPretrainingModule
 from pretrain.preemption import PreemptionCheckpoint
 from pretrain.strategy import build_strategy, resolve_precision
+from pretrain.tokenizer_check import read_vocab
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # Fields that define the architecture: a checkpoint must agree on these to be resumed.
@@ -146,6 +148,8 @@ def train(cfg: PretrainConfig) -> dict:
         logger.log_hyperparams(asdict(cfg))
 
     module = BertPretrainingModule(cfg.model, cfg.optim, cfg.schedule, cfg.trainer.max_steps)
+    if cfg.init_from and resume_from is None:
+        initialize_from(module.model, cfg.init_from, cfg, runtime.tokenizer_dir)
     rank_zero_info(
         f"model: {module.model.num_parameters() / 1e6:.2f} M parameters "
         f"({module.model.num_parameters(exclude_embeddings=True) / 1e6:.2f} M without embeddings); "
@@ -194,6 +198,28 @@ def train(cfg: PretrainConfig) -> dict:
     }
     _write_summary(summary, run_dir)
     return summary
+
+
+def initialize_from(model, path: str, cfg: PretrainConfig, tokenizer_dir: Path) -> None:
+    """Copy weights of a pretrained model (HF dir, checkpoint or run dir) into `model`."""
+    source = load_pretrained(path)
+    diffs = [
+        f"model.{k}: {getattr(source.config, k)} there, {getattr(cfg.model, k)} here"
+        for k in ARCHITECTURE_FIELDS
+        if getattr(source.config, k) != getattr(cfg.model, k)
+    ]
+    if diffs:
+        raise UserError(
+            f"init_from={path} has another architecture ({'; '.join(diffs)}); set model.* to match"
+        )
+    theirs, ours = read_vocab(source.tokenizer_dir), read_vocab(tokenizer_dir)
+    if theirs != ours:
+        raise UserError(
+            f"init_from={path} uses another vocabulary than the data's tokenizer {tokenizer_dir}; "
+            f"build the data with its tokenizer (bert-prep tokenizer_dir={source.tokenizer_dir})"
+        )
+    model.load_state_dict(source.model.state_dict())
+    rank_zero_info(f"initialized from {source.source}")
 
 
 @rank_zero_only

@@ -135,3 +135,24 @@ def test_bert_export_command(pretrained_run, tmp_path, app_env):
         timeout=120,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+@pytest.mark.e2e
+def test_continued_pretraining_starts_from_an_exported_model(
+    exported, prepared_english, tmp_path, app_env
+):
+    common = [sys.executable, "-m", "pretrain.train", "experiment=debug", f"work_dir={tmp_path}",
+              f"data.dir={prepared_english}", f"init_from={exported}"]  # fmt: skip
+    # One step at a negligible learning rate: the weights stay those of the export.
+    proc = subprocess.run([*common, "name=cont", "trainer.max_steps=1", "optim.lr=1e-12",
+                           "trainer.val_check_interval=1", "trainer.checkpoint_every_n_steps=1"],
+                          env=app_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "initialized from" in proc.stdout + proc.stderr
+    after = load_pretrained(tmp_path / "runs" / "cont").model.state_dict()
+    for name, value in load_pretrained(exported).model.state_dict().items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=1e-6, msg=name)
+
+    proc = subprocess.run([*common, "name=other", "model.num_layers=3"], env=app_env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and "model.num_layers: 2 there, 3 here" in proc.stderr
