@@ -18,6 +18,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+# The fields that define the weights' shapes: what a checkpoint and a config must agree on.
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
 
 @dataclass
 class BertConfig:
@@ -53,14 +64,7 @@ class BertConfig:
     (`torch.utils.checkpoint`): less activation memory for ~1/3 more compute. Training only."""
 
     def __post_init__(self) -> None:
-        for name in (
-            "hidden_size",
-            "num_layers",
-            "num_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ):
+        for name in ARCHITECTURE_FIELDS[1:]:  # vocab_size may still be unset (None)
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.vocab_size is not None and self.vocab_size <= 0:

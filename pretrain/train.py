@@ -49,22 +49,13 @@ from pretrain.data import LoaderSettings, PretrainDataModule
 from pretrain.errors import UserError, exit_on_user_error
 from pretrain.export import load_pretrained
 from pretrain.loggers import build_logger
+from pretrain.model import ARCHITECTURE_FIELDS
 from pretrain.module import BertPretrainingModule
 from pretrain.preemption import PreemptionCheckpoint
 from pretrain.strategy import build_strategy, resolve_precision
 from pretrain.tokenizer_check import read_vocab
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-# Fields that define the architecture: a checkpoint must agree on these to be resumed.
-ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_layers",
-    "num_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-)
 
 
 def train(cfg: PretrainConfig) -> dict:
