@@ -57,7 +57,7 @@ from pretrain.finetune_metrics import entity_metrics, sequence_metrics
 from pretrain.loggers import build_logger
 from pretrain.model import BertConfig, BertForPreTraining, BertModel
 from pretrain.optim import build_scheduler, parameter_groups
-from pretrain.strategy import build_strategy, resolve_precision
+from pretrain.strategy import distribution_kwargs
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 SOURCES = ("files", "hf", "rotten_tomatoes", "wnut16")
@@ -458,11 +458,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         enable_version_counter=False,
     )
     trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes,
-        strategy=build_strategy(cfg.strategy, cfg.trainer.accelerator),
-        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
+        **distribution_kwargs(cfg.strategy, cfg.trainer),
         max_epochs=cfg.trainer.max_epochs,
         limit_train_batches=cfg.trainer.limit_train_batches,
         num_sanity_val_steps=0,

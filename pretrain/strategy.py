@@ -125,3 +125,17 @@ def resolve_precision(precision: str, accelerator: str) -> str:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
     return "bf16-mixed" if native_bf16 else "32"
+
+
+def distribution_kwargs(strategy: StrategyConfig, trainer) -> dict:
+    """The `lightning.Trainer` arguments that place the work: devices, nodes, strategy, precision.
+
+    `trainer` is any config with accelerator, devices, num_nodes and precision (pretraining's and
+    fine-tuning's trainer sections both have them)."""
+    return dict(
+        accelerator=trainer.accelerator,
+        devices=trainer.devices,
+        num_nodes=trainer.num_nodes,
+        strategy=build_strategy(strategy, trainer.accelerator),
+        precision=resolve_precision(trainer.precision, trainer.accelerator),
+    )

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from data_prep.files import sha256_file
 from pretrain.errors import UserError
 
 
 def tokenizer_sha256(tokenizer_dir: Path) -> str:
     """The identity of a tokenizer: sha256 of its `tokenizer.json` bytes."""
-    return hashlib.sha256((tokenizer_dir / "tokenizer.json").read_bytes()).hexdigest()
+    return sha256_file(tokenizer_dir / "tokenizer.json")
 
 
 def check_tokenizer_matches(tokenizer_dir: Path, manifest: dict, data_dir: Path) -> None:

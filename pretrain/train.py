@@ -52,7 +52,7 @@ from pretrain.loggers import build_logger
 from pretrain.model import ARCHITECTURE_FIELDS
 from pretrain.module import BertPretrainingModule
 from pretrain.preemption import PreemptionCheckpoint
-from pretrain.strategy import build_strategy, resolve_precision
+from pretrain.strategy import distribution_kwargs
 from pretrain.tokenizer_check import read_vocab
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -77,11 +77,7 @@ def train(cfg: PretrainConfig) -> dict:
     )
     interactive = sys.stdout.isatty()
     trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes,
-        strategy=build_strategy(cfg.strategy, cfg.trainer.accelerator),
-        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),
+        **distribution_kwargs(cfg.strategy, cfg.trainer),
         max_steps=cfg.trainer.max_steps,
         max_epochs=-1,  # training is step-based over an endless sample stream
         val_check_interval=cfg.trainer.val_check_interval,
