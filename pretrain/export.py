@@ -228,6 +228,13 @@ def export_hf(pretrained: Pretrained, output_dir: Path) -> Path:
     """Write `pretrained` as a Hugging Face directory (atomically: a temporary sibling, renamed)."""
     from safetensors.torch import save_file
 
+    if pretrained.config.norm_position != "post":
+        raise UserError(
+            f"{pretrained.source}: a model.norm_position={pretrained.config.norm_position!r} model "
+            "has no Hugging Face BERT equivalent (transformers' BertModel is post-LN). Use the "
+            "checkpoint directly (bert-finetune model=<checkpoint>), or pretrain with "
+            "model.norm_position=post to export"
+        )
     output_dir = Path(output_dir)
     tmp = output_dir.with_name(f".{output_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -27,6 +27,7 @@ ARCHITECTURE_FIELDS = (
     "intermediate_size",
     "max_position_embeddings",
     "type_vocab_size",
+    "norm_position",
 )
 
 
@@ -56,6 +57,10 @@ class BertConfig:
     """LayerNorm epsilon (BERT's value)."""
     initializer_range: float = 0.02
     """Std of the normal init of weights."""
+    norm_position: str = "post"
+    """"post": LayerNorm after each residual add, as in BERT (exports to Hugging Face). "pre":
+    LayerNorm before each sublayer plus one after the last layer (GPT-2 / cramming style): trains
+    stably at higher learning rates, but has no `transformers.BertModel` equivalent."""
     sparse_mlm: bool = True
     """Compute the MLM head only at masked positions (same loss, far less work: the vocabulary
     projection dominates small models). Off: logits for every position, as Hugging Face does."""
@@ -64,7 +69,7 @@ class BertConfig:
     (`torch.utils.checkpoint`): less activation memory for ~1/3 more compute. Training only."""
 
     def __post_init__(self) -> None:
-        for name in ARCHITECTURE_FIELDS[1:]:  # vocab_size may still be unset (None)
+        for name in ARCHITECTURE_FIELDS[1:-1]:  # vocab_size may be unset (None); not norm_position
             if getattr(self, name) <= 0:
                 raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
         if self.vocab_size is not None and self.vocab_size <= 0:
@@ -73,6 +78,10 @@ class BertConfig:
             raise ValueError(
                 f"model.hidden_size={self.hidden_size} is not divisible by "
                 f"model.num_heads={self.num_heads}"
+            )
+        if self.norm_position not in ("post", "pre"):
+            raise ValueError(
+                f"model.norm_position must be 'post' or 'pre', got {self.norm_position!r}"
             )
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -142,10 +151,12 @@ class SelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN transformer layer, as in the original BERT: x = LN(x + Dropout(sublayer(x)))."""
+    """Transformer layer. Post-LN (BERT): x = LN(x + Dropout(sublayer(x))).
+    Pre-LN: x = x + Dropout(sublayer(LN(x))), the residual stream never normalized in between."""
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
+        self.pre_norm = cfg.norm_position == "pre"
         self.attention = SelfAttention(cfg)
         self.attention_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.ffn_in = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
@@ -154,6 +165,9 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(self.attention(self.attention_norm(x), attn_mask))
+            return x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x)))))
         x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask)))
         x = self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
         return x  # (B, T, H)
@@ -171,6 +185,12 @@ class BertModel(nn.Module):
         self.cfg = cfg
         self.embeddings = Embeddings(cfg)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        # Pre-LN leaves the residual stream unnormalized; one LayerNorm closes it (None for post-LN).
+        self.final_norm = (
+            nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+            if cfg.norm_position == "pre"
+            else None
+        )
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
     def forward(
@@ -195,6 +215,8 @@ class BertModel(nn.Module):
                 x = checkpoint(layer, x, attn_mask, use_reentrant=False)
             else:
                 x = layer(x, attn_mask)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return x, pooled
 
@@ -300,6 +322,11 @@ def hf_state_dict_key_map(cfg: BertConfig) -> dict[str, str]:
     as `bert.embeddings.word.weight`, and HF's `cls.predictions.decoder.{weight,bias}` are tied to
     the word embeddings and `cls.predictions.bias`.
     """
+    if cfg.norm_position != "post":
+        raise ValueError(
+            f"model.norm_position={cfg.norm_position!r} has no Hugging Face BERT equivalent "
+            "(transformers' BertModel is post-LN); only post-LN models export or import"
+        )
     m = {
         "bert.embeddings.word.weight": "bert.embeddings.word_embeddings.weight",
         "bert.embeddings.position.weight": "bert.embeddings.position_embeddings.weight",

@@ -165,3 +165,31 @@ def test_parity_with_transformers_bert_for_pretraining():
     torch.testing.assert_close(o.mlm_logits[real], h.prediction_logits[real], rtol=0, atol=1e-4)
     torch.testing.assert_close(o.nsp_logits, h.seq_relationship_logits, rtol=0, atol=1e-4)
     torch.testing.assert_close(o.hidden_states[real], h.hidden_states[-1][real], rtol=0, atol=1e-4)
+
+
+def test_pre_ln_layers_normalize_before_each_sublayer_and_once_at_the_end():
+    cfg = tiny(norm_position="pre", hidden_dropout=0.0, attention_dropout=0.0)
+    model = BertForPreTraining(cfg).eval()
+    layer, x = model.bert.layers[0], torch.randn(2, 8, cfg.hidden_size)
+    attn = x + layer.attention(layer.attention_norm(x), None)
+    want = attn + layer.ffn_out(torch.nn.functional.gelu(layer.ffn_in(layer.ffn_norm(attn))))
+    torch.testing.assert_close(layer(x, None), want)
+    # The residual stream is left unnormalized by the layers; the final LayerNorm closes it.
+    b = batch()
+    out = model(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    torch.testing.assert_close(out.hidden_states.mean(-1), torch.zeros(3, 16), atol=1e-5, rtol=0)
+    loss = pretraining_loss(
+        model.train()(
+            **{k: b[k] for k in ("input_ids", "token_type_ids", "attention_mask")},
+            mlm_labels=b["labels"],
+        ),
+        b["labels"],
+        b["next_sentence_label"],
+    )[0]
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="no Hugging Face BERT equivalent"):
+        hf_state_dict_key_map(cfg)
+    with pytest.raises(ValueError, match="norm_position"):
+        tiny(norm_position="sandwich")
+    assert BertForPreTraining(tiny()).bert.final_norm is None  # post-LN (BERT) is the default
