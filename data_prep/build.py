@@ -3,7 +3,8 @@
 Writes the prepared data directory of docs/ARCHITECTURE.md (`train/`, `validation/`,
 `dataset_dict.json`, `tokenizer/`, `manifest.json`) into a temporary sibling and renames it into
 place when complete. A finished directory whose manifest records the same config, tokenizer and
-inputs is reused; `force=true` rebuilds.
+inputs is reused; `force=true` rebuilds. With `num_slices` the work is split across processes
+(SLURM array tasks): see data_prep/slices.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +26,23 @@ from omegaconf import DictConfig
 
 from data_prep.config import CONF_DIR, PrepAppConfig, as_dict, to_object
 from data_prep.files import atomic_directory, read_json, sha256_file, write_json
-from data_prep.tokenizer import SPECIAL_TOKEN_IDS, diff_keys, load_tokenizer_dir
+from data_prep.tokenizer import diff_keys, load_tokenizer_dir, special_token_ids
 from pretrain.errors import UserError, exit_on_user_error
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
 MANIFEST = "manifest.json"
 # Config fields that do not change the prepared data (ignored when deciding to reuse it).
-_NOT_RECORDED = ("work_dir", "output_dir", "tokenizer_dir", "force", "num_proc")
+_NOT_RECORDED = (
+    "work_dir",
+    "output_dir",
+    "tokenizer_dir",
+    "force",
+    "num_proc",
+    "num_slices",
+    "slice_index",
+    "slices_dir",
+)
 _CORPUS_NOT_RECORDED = ("cache_dir", "hf_cache_dir")
 
 
@@ -132,15 +143,16 @@ def to_documents(ids, indices: list[int]):
     )
 
 
-def pairs_dataset(docs, spans):
-    """A `datasets.Dataset` with the columns of docs/ARCHITECTURE.md."""
+def pairs_dataset(docs, spans, special_ids: dict[str, int]):
+    """A `datasets.Dataset` with the columns of docs/ARCHITECTURE.md; `special_ids` as in the
+    manifest (`special_token_ids`)."""
     import datasets
     import pyarrow as pa
 
     from data_prep.pairs import pair_columns
 
     ids, types, offsets, labels = pair_columns(
-        docs.tokens, spans, SPECIAL_TOKEN_IDS["cls"], SPECIAL_TOKEN_IDS["sep"]
+        docs.tokens, spans, special_ids["cls"], special_ids["sep"]
     )
     offsets32 = pa.array(offsets.astype(np.int32) if offsets[-1] < 2**31 else offsets)
     list_type = pa.ListArray if offsets32.type == pa.int32() else pa.LargeListArray
@@ -213,37 +225,77 @@ def _check_existing(
     return True
 
 
-def build(cfg: PrepAppConfig | DictConfig) -> Path:
-    """Build (or reuse) the prepared data directory described by `cfg`; return its path."""
-    from data_prep.corpus import open_sources
+@dataclass
+class Request:
+    """What a build (or a slice, or a merge) of `cfg` needs before reading text."""
 
-    cfg = to_object(cfg, PrepAppConfig)
-    start = time.perf_counter()
-    tokenizer_dir = Path(cfg.tokenizer_dir)
-    tok = load_tokenizer_dir(tokenizer_dir)
-    tokenizer_sha = sha256_file(tokenizer_dir / "tokenizer.json")
-    out = Path(cfg.output_dir)
-    record = as_dict(cfg)
-    sources = open_sources(cfg.corpus)
-    source_keys = [{"name": s.name, "kind": s.kind, "sha256": s.sha256} for s in sources]
-    if (
-        out.exists()
-        and not cfg.force
-        and _check_existing(out, cfg, tokenizer_sha, record, source_keys)
-    ):
+    cfg: PrepAppConfig
+    tokenizer_dir: Path
+    tok: Any
+    tokenizer_sha: str
+    special_ids: dict[str, int]
+    record: dict[str, Any]
+    """The full resolved config, as manifest.json records it."""
+    sources: list
+    """Opened (not yet read) `Source`s of the corpus."""
+    source_keys: list[dict[str, Any]]
+    num_proc: int
+    start: float
+
+    @classmethod
+    def open(cls, cfg: PrepAppConfig) -> Request:
+        from data_prep.corpus import open_sources
+
+        start = time.perf_counter()
+        tokenizer_dir = Path(cfg.tokenizer_dir)
+        tok = load_tokenizer_dir(tokenizer_dir)
+        sources = open_sources(cfg.corpus)
+        return cls(
+            cfg=cfg,
+            tokenizer_dir=tokenizer_dir,
+            tok=tok,
+            tokenizer_sha=sha256_file(tokenizer_dir / "tokenizer.json"),
+            special_ids=special_token_ids(tok, tokenizer_dir),
+            record=as_dict(cfg),
+            sources=sources,
+            source_keys=[{"name": s.name, "kind": s.kind, "sha256": s.sha256} for s in sources],
+            num_proc=cfg.num_proc or os.cpu_count() or 1,
+            start=start,
+        )
+
+    def finished(self) -> bool:
+        """True when output_dir holds a finished build of this request (reuse it, unless
+        force=true); a different build there is a `UserError`."""
+        out = Path(self.cfg.output_dir)
+        if not out.exists() or self.cfg.force:
+            return False
+        _check_existing(out, self.cfg, self.tokenizer_sha, self.record, self.source_keys)
         print(
             f"reusing prepared data {out} (same config, tokenizer and corpus; force=true rebuilds)",
             flush=True,
         )
-        return out
+        return True
 
-    num_proc = cfg.num_proc or os.cpu_count() or 1
-    with _tokenizer_threads(num_proc == 1):
-        return _build(cfg, start, tok, tokenizer_dir, tokenizer_sha, record, sources, num_proc)
+
+def build(cfg: PrepAppConfig | DictConfig) -> Path:
+    """Build (or reuse) the prepared data directory described by `cfg`; return its path.
+
+    With `num_slices`, tokenize one slice (`slice_index`) or merge the finished slices instead
+    (data_prep/slices.py); a merge returns the same directory a build without slices does."""
+    cfg = to_object(cfg, PrepAppConfig)
+    if cfg.num_slices is not None:
+        from data_prep.slices import build_slice, merge_slices
+
+        return build_slice(cfg) if cfg.slice_index is not None else merge_slices(cfg)
+    req = Request.open(cfg)
+    if req.finished():
+        return Path(cfg.output_dir)
+    with tokenizer_threads(req.num_proc == 1):
+        return _build(req)
 
 
 @contextlib.contextmanager
-def _tokenizer_threads(enabled: bool) -> Iterator[None]:
+def tokenizer_threads(enabled: bool) -> Iterator[None]:
     """Worker processes tokenize single-threaded: a process that forks after using the tokenizer's
     thread pool gets it disabled anyway, with a warning."""
     old = os.environ.get("TOKENIZERS_PARALLELISM")
@@ -256,27 +308,51 @@ def _tokenizer_threads(enabled: bool) -> Iterator[None]:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
 
 
-def _build(cfg, start, tok, tokenizer_dir, tokenizer_sha, record, sources, num_proc) -> Path:
-    from data_prep.corpus import read_corpus
-    from data_prep.pairs import make_pair_spans
-
-    out = Path(cfg.output_dir)
-    tokenizer_file = tokenizer_dir / "tokenizer.json"
-    tok_config_file = tokenizer_dir / "tokenizer_config.json"
-    tok_config = read_json(tok_config_file) if tok_config_file.is_file() else {}
-    corpus = read_corpus(cfg.corpus, sources)
-    if all(len(d.sentences) < 2 for d in corpus.documents):
+def check_pairable(cfg: PrepAppConfig, num_documents: int, num_multi_sentence: int) -> None:
+    """A `UserError` when the corpus cannot give pairs: fewer than 2 documents, or none with 2 or
+    more sentences."""
+    if num_multi_sentence == 0:
         raise UserError(
             f"no document of corpus {cfg.corpus.name!r} has 2 or more sentences, so no true-next "
             "pair can be made; give documents with several sentences (a .txt document is a block "
             "of lines; a blank line starts the next document)"
         )
-    read_s = time.perf_counter() - start
-    train_idx, val_idx = split_documents(len(corpus.documents), cfg.validation_fraction, cfg.seed)
-    ids = tokenize_documents([d.sentences for d in corpus.documents], tokenizer_file, num_proc)
-    tokenize_s = time.perf_counter() - start - read_s
+    split_documents(num_documents, cfg.validation_fraction, cfg.seed)
 
+
+def _build(req: Request) -> Path:
+    from data_prep.corpus import read_corpus
+
+    cfg = req.cfg
+    corpus = read_corpus(cfg.corpus, req.sources)
+    check_pairable(cfg, len(corpus.documents), sum(len(d.sentences) >= 2 for d in corpus.documents))
+    read_s = time.perf_counter() - req.start
+    ids = tokenize_documents(
+        [d.sentences for d in corpus.documents], req.tokenizer_dir / "tokenizer.json", req.num_proc
+    )
+    tokenize_s = time.perf_counter() - req.start - read_s
+    sources = [s.info() for s in corpus.sources]
+    stats, pairs_s = write_prepared(req, ids, sources)
+    seconds = time.perf_counter() - req.start
+    timing = f"read {read_s:.1f} s, tokenize {tokenize_s:.1f} s, pairs {pairs_s:.1f} s"
+    print_summary(Path(cfg.output_dir), corpus.num_bytes, stats, seconds, timing)
+    return Path(cfg.output_dir)
+
+
+def write_prepared(req: Request, ids, sources: list[dict[str, Any]]) -> tuple[dict, float]:
+    """Split, pair, shuffle and write the prepared directory from the token ids of every document
+    of the corpus (`tokenize_documents`' `list<list<int32>>` array, in corpus order); `sources` is
+    manifest.json's `sources`. Returns the per-split statistics and the seconds it took."""
     import datasets
+
+    from data_prep.pairs import make_pair_spans
+
+    start = time.perf_counter()
+    cfg = req.cfg
+    out = Path(cfg.output_dir)
+    tok_config_file = req.tokenizer_dir / "tokenizer_config.json"
+    tok_config = read_json(tok_config_file) if tok_config_file.is_file() else {}
+    train_idx, val_idx = split_documents(len(ids), cfg.validation_fraction, cfg.seed)
 
     split_stats: dict[str, dict[str, Any]] = {}
     splits = {}
@@ -291,9 +367,9 @@ def _build(cfg, start, tok, tokenizer_dir, tokenizer_sha, record, sources, num_p
             dupe_factor=cfg.dupe_factor,
             seed=cfg.seed,
             salt=name,
-            num_proc=num_proc,
+            num_proc=req.num_proc,
         )
-        splits[name] = pairs_dataset(docs, spans)
+        splits[name] = pairs_dataset(docs, spans, req.special_ids)
         lengths = (spans.a_end - spans.a_start) + (spans.b_end - spans.b_start) + 3
         split_stats[name] = {
             "num_pairs": len(spans),
@@ -305,8 +381,6 @@ def _build(cfg, start, tok, tokenizer_dir, tokenizer_sha, record, sources, num_p
             "num_single_sentence_documents": int((docs.sentences_per_document() == 1).sum()),
             "num_sentences": docs.num_sentences,
         }
-    pairs_s = time.perf_counter() - start - read_s - tokenize_s
-
     manifest = {
         "format_version": FORMAT_VERSION,
         "max_seq_length": cfg.max_seq_length,
@@ -314,16 +388,16 @@ def _build(cfg, start, tok, tokenizer_dir, tokenizer_sha, record, sources, num_p
         "dupe_factor": cfg.dupe_factor,
         "seed": cfg.seed,
         "tokenizer": {
-            "sha256": tokenizer_sha,
-            "vocab_size": tok.get_vocab_size(),
+            "sha256": req.tokenizer_sha,
+            "vocab_size": req.tok.get_vocab_size(),
             "do_lower_case": tok_config.get("do_lower_case"),
             "strip_accents": tok_config.get("strip_accents"),
             "source_dir": str(cfg.tokenizer_dir),
         },
-        "special_token_ids": dict(SPECIAL_TOKEN_IDS),
+        "special_token_ids": dict(req.special_ids),
         "splits": split_stats,
-        "sources": [s.info() for s in corpus.sources],
-        "config": record,
+        "sources": sources,
+        "config": req.record,
         "versions": _versions(),
     }
     with atomic_directory(out) as tmp:
@@ -338,19 +412,15 @@ def _build(cfg, start, tok, tokenizer_dir, tokenizer_sha, record, sources, num_p
         finally:
             if was_enabled:
                 datasets.enable_progress_bars()
-        shutil.copytree(tokenizer_dir, tmp / "tokenizer")
+        shutil.copytree(req.tokenizer_dir, tmp / "tokenizer")
         write_json(tmp / MANIFEST, manifest)
-    seconds = time.perf_counter() - start
-    _print_summary(out, corpus, split_stats, seconds, (read_s, tokenize_s, pairs_s))
-    return out
+    return split_stats, time.perf_counter() - start
 
 
-def _print_summary(
-    out: Path, corpus, stats: dict, seconds: float, parts: tuple[float, ...]
-) -> None:
+def print_summary(out: Path, num_bytes: int, stats: dict, seconds: float, timing: str) -> None:
     lines = [
-        f"prepared {out} in {seconds:.1f} s ({corpus.num_bytes / 1e6 / max(seconds, 1e-9):.2f} MB/s of text; "
-        f"read {parts[0]:.1f} s, tokenize {parts[1]:.1f} s, pairs {parts[2]:.1f} s)"
+        f"prepared {out} in {seconds:.1f} s ({num_bytes / 1e6 / max(seconds, 1e-9):.2f} MB/s of "
+        f"text; {timing})"
     ]
     for name, s in stats.items():
         lines.append(

@@ -167,6 +167,14 @@ class PrepAppConfig:
     num_shards: int | None = None
     # Rebuild even when a finished directory with the same config exists.
     force: bool = False
+    # --- sliced builds (slurm/prep.sbatch sets these); the output equals a single-process build ---
+    # Tokenize the corpus in this many slices of its documents (null = one process does it all).
+    num_slices: int | None = None
+    # With num_slices: tokenize only slice `slice_index` (0 … num_slices-1) into slices_dir;
+    # null = merge the finished slices into output_dir (pairs, shuffle, shards, manifest).
+    slice_index: int | None = None
+    # Where finished slices wait for the merge, which removes them (null = <output_dir>.slices).
+    slices_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not 8 <= self.max_seq_length <= MAX_SEQ_LENGTH_LIMIT:
@@ -185,6 +193,19 @@ class PrepAppConfig:
             raise UserError(f"num_proc must be >= 1 or null, got {self.num_proc}")
         if self.num_shards is not None and self.num_shards < 1:
             raise UserError(f"num_shards must be >= 1 or null, got {self.num_shards}")
+        if self.num_slices is not None and not 1 <= self.num_slices <= 100_000:
+            raise UserError(f"num_slices must be in [1, 100000] or null, got {self.num_slices}")
+        if self.slice_index is not None:
+            if self.num_slices is None:
+                raise UserError(
+                    f"slice_index={self.slice_index} needs num_slices (the number of slices); "
+                    "slurm/prep.sbatch sets both from the array"
+                )
+            if not 0 <= self.slice_index < self.num_slices:
+                raise UserError(
+                    f"slice_index must be in [0, num_slices={self.num_slices}), "
+                    f"got {self.slice_index}"
+                )
 
 
 def register_configs() -> None:

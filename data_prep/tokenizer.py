@@ -32,6 +32,8 @@ from pretrain.errors import UserError, exit_on_user_error
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SPECIAL_TOKEN_IDS = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+"""The ids `bert-tokenizer` gives them; other vocabularies (Google's: [CLS]=101) may differ, see
+`special_token_ids`."""
 TRAINING_ARGS = "training_args.json"
 FORMAT_VERSION = 1
 # Config fields that do not change the trained tokenizer.
@@ -180,6 +182,33 @@ def check_special_tokens(tok: Tokenizer, where: Path | str) -> None:
             )
 
 
+def special_token_ids(tok: Tokenizer, where: Path | str) -> dict[str, int]:
+    """The ids of [PAD], [UNK], [CLS], [SEP] and [MASK] in `tok` (keys as in `SPECIAL_TOKEN_IDS`).
+
+    Any ids are accepted (Google's vocabularies have [CLS]=101, [SEP]=102, [MASK]=103) except that
+    [PAD] must be 0: the model's word embedding keeps row 0 as the padding row (`padding_idx=0`,
+    as Hugging Face's BERT does).
+    """
+    names = dict(zip(SPECIAL_TOKEN_IDS, SPECIAL_TOKENS, strict=True))
+    ids = {key: tok.token_to_id(token) for key, token in names.items()}
+    missing = [names[key] for key, value in ids.items() if value is None]
+    if missing:
+        raise UserError(
+            f"{where}: the vocabulary has no {', '.join(missing)}; BERT needs "
+            f"{', '.join(SPECIAL_TOKENS)} (train a tokenizer with `bert-tokenizer`, or use a BERT "
+            "vocabulary that has them)"
+        )
+    if ids["pad"] != 0:
+        raise UserError(
+            f"{where}: [PAD] has id {ids['pad']}, but the model pads with id 0 (its embedding's "
+            "padding row); use a vocabulary with [PAD] first, as `bert-tokenizer` and Google's "
+            "BERT vocabularies have it"
+        )
+    if len(set(ids.values())) != len(ids):
+        raise UserError(f"{where}: special tokens share ids: {ids}")
+    return ids  # type: ignore[return-value]
+
+
 def save_tokenizer_dir(tok: Tokenizer, out: Path, cfg: TokenizerAppConfig) -> None:
     """Write the files of a tokenizer directory that `transformers` can load."""
     tok.save(str(out / "tokenizer.json"))
@@ -213,7 +242,8 @@ def save_tokenizer_dir(tok: Tokenizer, out: Path, cfg: TokenizerAppConfig) -> No
 
 
 def load_tokenizer_dir(path: str | Path) -> Tokenizer:
-    """Load and check a tokenizer directory; a bad one is a `UserError` saying to run bert-tokenizer."""
+    """Load and check a tokenizer directory (written by bert-tokenizer, or a BERT model's from
+    Hugging Face); a bad one is a `UserError` saying to run bert-tokenizer."""
     path = Path(path)
     file = path / "tokenizer.json"
     if not file.is_file():
@@ -228,7 +258,7 @@ def load_tokenizer_dir(path: str | Path) -> Tokenizer:
         raise UserError(
             f"{file} could not be loaded ({err}); rebuild it with `bert-tokenizer force=true`"
         ) from None
-    check_special_tokens(tok, path)
+    special_token_ids(tok, path)
     return tok
 
 

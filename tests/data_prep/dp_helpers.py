@@ -121,3 +121,31 @@ def tokenizer_overrides(work: Path, corpus: Path, *extra: str) -> list[str]:
         "vocab_size=800",
         *extra,
     ]
+
+
+# Fields of manifest.json that say where and how a build ran, not what it made (the tests' builds
+# run in different work_dirs; the corpus caches follow work_dir).
+RUN_FIELDS = {f"config.{key}" for key in
+              ("work_dir", "output_dir", "num_proc", "num_slices", "slices_dir")} | {
+              "config.corpus.cache_dir", "config.corpus.hf_cache_dir"}  # fmt: skip
+
+
+def assert_same_prepared(a: Path, b: Path) -> None:
+    """Two bert-prep directories hold the same data: the same pairs in the same order, the same
+    tokenizer copy, the same manifest apart from RUN_FIELDS."""
+    import json
+
+    import datasets
+
+    from data_prep.tokenizer import diff_keys
+
+    da, db = datasets.load_from_disk(str(a)), datasets.load_from_disk(str(b))
+    assert set(da) == set(db) == {"train", "validation"}
+    for split in da:
+        assert len(da[split]) > 0
+        assert da[split].data.table.equals(db[split].data.table), split
+    assert (a / "tokenizer" / "tokenizer.json").read_bytes() == (
+        b / "tokenizer" / "tokenizer.json"
+    ).read_bytes()
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    assert set(diff_keys(ma, mb)) <= RUN_FIELDS, diff_keys(ma, mb)
