@@ -7,7 +7,7 @@ WORK ?= work
 STAMP := $(WORK)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo finetune-demo tokenizer prep pretrain test test-fast lint format clean
+.PHONY: help install demo demo-full finetune-demo tokenizer prep pretrain test test-fast bench bench-loader lint format clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -32,14 +32,30 @@ pretrain: prep ## Pretrain the demo bert-mini on the CPU and print the summary
 
 demo: pretrain ## The whole pipeline on a real corpus, on the CPU (~15 minutes on 2 cores)
 
+demo-full: prep ## The learning-quality recipe: 40-min pretraining, then pretrained vs random init downstream (~75 min)
+	$(PYTHON) -m pretrain.train experiment=cpu_budget work_dir=$(WORK)
+	$(PYTHON) -m pretrain.finetune_compare --model $(WORK)/runs/cpu_budget --work-dir $(WORK) --out-name cpu_budget
+
 finetune-demo: pretrain ## Does pretraining help? Demo model vs random init on Rotten Tomatoes + WNUT-16, 3 seeds
 	$(PYTHON) -m pretrain.finetune_compare --model $(WORK)/runs/demo --work-dir $(WORK)
 
 test: install ## Run the whole test suite (unit, end-to-end, multi-process)
 	$(PYTHON) -m pytest
 
-test-fast: install ## Unit tests only (no end-to-end, registry or multi-process tests)
-	$(PYTHON) -m pytest -m "not e2e and not registry and not multiprocess and not slurm"
+test-fast: install ## Unit tests only (no end-to-end, registry, multi-process or compile tests)
+	$(PYTHON) -m pytest -m "not e2e and not registry and not multiprocess and not slurm and not compile"
+
+# CPU: bert-mini and bert-small, seq 128, fp32 then bf16 (smaller batch: emulated bf16 is slow
+# on CPUs without AVX512-BF16/AMX). GPU: make bench BENCH_ARGS="--device cuda --models bert-base
+# --seqs 128 512 --precisions bf16 --batch 64 --peers ours ours-compile hf"
+BENCH_ARGS ?= --models bert-mini bert-small --precisions fp32 --batch 32 --rounds 5 --steps 2
+BENCH_BF16_ARGS ?= --models bert-mini bert-small --precisions bf16 --batch 4 --rounds 3 --steps 1 --warmup 1
+bench: install ## Training tokens/s, ours vs Hugging Face, interleaved (docs/BENCHMARKS.md)
+	$(PYTHON) bench/throughput.py $(BENCH_ARGS)
+	@if [ -n "$(BENCH_BF16_ARGS)" ]; then $(PYTHON) bench/throughput.py $(BENCH_BF16_ARGS); fi
+
+bench-loader: install ## Data loader vs training step rate, bert-prep vs datasets.map (demo data)
+	$(PYTHON) bench/loader.py
 
 lint: install ## ruff lint and format check
 	$(PYTHON) -m ruff check .

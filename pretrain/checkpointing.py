@@ -1,9 +1,13 @@
-"""Atomic checkpoint files, and finding and validating the checkpoint a run resumes from."""
+"""Atomic checkpoints (single files and DeepSpeed directories), and finding and validating the
+checkpoint a run resumes from."""
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +15,13 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from pretrain.errors import UserError
 
 LAST = "last.ckpt"
+PERIODIC = "step*.ckpt"
+"""Names of the periodic checkpoints (`step{step:07d}.ckpt`, zero-padded: they sort by step)."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,21 +43,110 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        # Make the rename itself durable.
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_dir(path.parent)  # make the rename itself durable
+
+    def remove_checkpoint(self, path) -> None:
+        """Rename out of sight first, then delete: a crash while deleting a DeepSpeed directory
+        leaves a dot-named temporary, not a checkpoint with shards missing."""
+        path = Path(path)
+        if not path.exists():
+            return
+        doomed = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        path.rename(doomed)
+        _remove(doomed)
+
+
+def is_unfinished_write(path: Path) -> bool:
+    """Whether `path` is a temporary left by an interrupted atomic save: `.NAME.PID.tmp` (a file,
+    `AtomicCheckpointIO`), `.NAME.tmp-TAG` (a DeepSpeed directory being written) or `.NAME.old-TAG`
+    (the previous directory, moved aside while the new one is renamed into place)."""
+    name = Path(path).name
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name or ".old-" in name)
+
+
+def unfinished_writes(checkpoint_dir: Path) -> list[Path]:
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(p for p in checkpoint_dir.iterdir() if is_unfinished_write(p))
+
+
+def save_directory_atomically(strategy, filepath, write: Callable[[Path], None]) -> None:
+    """Write a checkpoint directory (DeepSpeed: one shard per rank) so that it appears complete or
+    not at all.
+
+    Every rank writes into the same temporary sibling `.NAME.tmp-TAG` (TAG chosen by rank 0 and
+    broadcast); after a barrier, rank 0 fsyncs the files, moves an existing `NAME` aside to
+    `.NAME.old-TAG`, renames the temporary to `NAME` and deletes the old one; a second barrier
+    keeps the other ranks from going on before `NAME` exists. A crash mid-write leaves only
+    dot-named temporaries, which resuming ignores (`find_resume_checkpoint`); a crash between the
+    two renames leaves no `NAME` at all, and resuming falls back to the newest periodic
+    checkpoint. The ranks must share the filesystem (as DeepSpeed's own checkpoints require).
+    """
+    final = Path(filepath)
+    tag = strategy.broadcast(f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = final.parent / f".{final.name}.tmp-{tag}"
+    write(tmp)
+    strategy.barrier("checkpoint written")
+    if strategy.is_global_zero:
+        _fsync_tree(tmp)
+        old = None
+        if final.exists():
+            old = final.parent / f".{final.name}.old-{tag}"
+            final.rename(old)
+        tmp.rename(final)
+        _fsync_dir(final.parent)
+        # The replaced directory, and temporaries of this name left by an interrupted launch.
+        for stale in final.parent.glob(f".{final.name}.*"):
+            if is_unfinished_write(stale):
+                _remove(stale)
+    strategy.barrier("checkpoint renamed")
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under `root` (written by any local rank) and the directories to disk."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def find_resume_checkpoint(resume: str, checkpoint_dir: Path) -> Path | None:
-    """`auto`: the run's last checkpoint if there is one; `never`: None; else an explicit path."""
+    """`auto`: the run's last checkpoint if there is one (else its newest periodic checkpoint);
+    `never`: None; else an explicit path. Temporaries of interrupted saves are never chosen."""
     if resume == "never":
         return None
     if resume == "auto":
+        leftovers = unfinished_writes(checkpoint_dir)
+        if leftovers:
+            rank_zero_info(
+                f"ignoring {len(leftovers)} unfinished checkpoint write(s) in {checkpoint_dir} "
+                f"(left by an interrupted save; deleted by the next save of the same name): "
+                f"{', '.join(p.name for p in leftovers)}"
+            )
         last = checkpoint_dir / LAST
-        return last if last.exists() else None
+        if last.exists():
+            return last
+        periodic = sorted(checkpoint_dir.glob(PERIODIC))
+        return periodic[-1] if periodic else None
     path = Path(resume)
     if not path.exists():
         raise UserError(
@@ -79,6 +175,11 @@ def validate_checkpoint(
     shape, or was trained with a different architecture.
     """
     path = Path(path)
+    if is_unfinished_write(path):
+        raise UserError(
+            f"checkpoint {path} is the temporary of an interrupted save, not a finished "
+            f"checkpoint; pass resume=<a checkpoint without the leading dot> or resume=never"
+        )
     if is_deepspeed_checkpoint(path):
         if zero_stage is None:
             raise UserError(

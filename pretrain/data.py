@@ -10,6 +10,7 @@ carries its (epoch, index) key so the collator derives masks from it, not from w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -144,6 +145,7 @@ class PretrainDataModule(L.LightningDataModule):
         manifest: dict,
         masking: MaskingConfig,
         loader: LoaderSettings,
+        val_mlm_probability: float | None = None,
     ):
         super().__init__()
         self.data_dir = data_dir
@@ -151,16 +153,25 @@ class PretrainDataModule(L.LightningDataModule):
         self.loader = loader
         ids = manifest["special_token_ids"]
         vocab = read_vocab(tokenizer_dir)
-        self.collator = MaskingCollator(
-            masking,
-            vocab_size=len(vocab),
-            pad_id=ids["pad"],
-            mask_id=ids["mask"],
-            special_ids=[ids["pad"], ids["cls"], ids["sep"], ids["mask"]],
-            seed=loader.seed,
-            continuation_ids=continuation_ids_from_vocab(vocab)
-            if masking.whole_word_masking
-            else None,
+
+        def collator(masking: MaskingConfig) -> MaskingCollator:
+            return MaskingCollator(
+                masking,
+                vocab_size=len(vocab),
+                pad_id=ids["pad"],
+                mask_id=ids["mask"],
+                special_ids=[ids["pad"], ids["cls"], ids["sep"], ids["mask"]],
+                seed=loader.seed,
+                continuation_ids=continuation_ids_from_vocab(vocab)
+                if masking.whole_word_masking
+                else None,
+            )
+
+        self.collator = collator(masking)
+        self.val_collator = (
+            self.collator
+            if val_mlm_probability is None
+            else collator(dataclasses.replace(masking, mlm_probability=val_mlm_probability))
         )
         self.train_set: PairDataset | None = None
         self.val_set: PairDataset | None = None
@@ -191,9 +202,15 @@ class PretrainDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         sampler = ValidationSampler(len(self.val_set), *self._rank_world())
-        return self._loader(self.val_set, sampler, self.loader.val_batch_size)
+        return self._loader(self.val_set, sampler, self.loader.val_batch_size, self.val_collator)
 
-    def _loader(self, dataset: PairDataset, sampler: Sampler, batch_size: int) -> DataLoader:
+    def _loader(
+        self,
+        dataset: PairDataset,
+        sampler: Sampler,
+        batch_size: int,
+        collator: MaskingCollator | None = None,
+    ) -> DataLoader:
         workers = self.loader.num_workers
         # A private generator: creating an iterator draws a worker base seed, and drawing it from
         # the global RNG would shift dropout after a resume (the loaders are re-created there).
@@ -202,7 +219,7 @@ class PretrainDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             sampler=sampler,
-            collate_fn=self.collator,
+            collate_fn=collator or self.collator,
             num_workers=workers,
             persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +108,15 @@ class TaskConfig:
     metric: str | None = None
     """Dev metric for early stopping and model selection; None: accuracy (sequences) or entity
     F1 (tokens)."""
+    max_train_examples: int | None = None
+    """Train on a random subset of this many training examples (drawn with split_seed, so every
+    seed and init sees the same subset; labels still come from the whole split); None: all."""
 
     def __post_init__(self) -> None:
+        if self.max_train_examples is not None and self.max_train_examples <= 0:
+            raise ValueError(
+                f"task.max_train_examples must be positive or null, got {self.max_train_examples}"
+            )
         if self.type not in TASK_TYPES:
             raise ValueError(f"task.type={self.type!r} is unknown; use one of {TASK_TYPES}")
         if self.source not in SOURCES:
@@ -263,6 +271,10 @@ def load_task_data(task: TaskConfig) -> TaskData:
         )
     for s in SPLITS:
         check_labels(task.type, records[s], labels, origin[s])
+    n = len(records["train"])
+    if task.max_train_examples is not None and task.max_train_examples < n:
+        keep = sorted(random.Random(task.split_seed).sample(range(n), task.max_train_examples))
+        records["train"] = [records["train"][i] for i in keep]
     return TaskData(records, labels, origin, manifest)
 
 
@@ -324,24 +336,34 @@ class FinetuneModule(L.LightningModule):
         )
         return self.head(self.dropout(pooled if self.task_type == SEQUENCE else hidden))
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy over the labelled positions (sequences, or each word's first piece)."""
         logits = self(batch)
-        loss = F.cross_entropy(
+        return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             batch["labels"].reshape(-1),
             ignore_index=-100,
         )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def _collect(self, batch: dict[str, torch.Tensor]) -> None:
+    def predictions(self, batch: dict[str, torch.Tensor]) -> dict[int, Any]:
+        """`{dataset index: label id}` (sequences) or `{index: label id per piece}` (tokens)."""
         pred = self(batch).argmax(-1).cpu()
         lengths = batch["attention_mask"].sum(-1).cpu()
+        out: dict[int, Any] = {}
         for row, index in enumerate(batch["index"].tolist()):
             if self.task_type == SEQUENCE:
-                self._preds[index] = int(pred[row])
+                out[index] = int(pred[row])
             else:
-                self._preds[index] = pred[row, : int(lengths[row])].tolist()
+                out[index] = pred[row, : int(lengths[row])].tolist()
+        return out
+
+    def _collect(self, batch: dict[str, torch.Tensor]) -> None:
+        self._preds.update(self.predictions(batch))
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._collect(batch)

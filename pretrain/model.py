@@ -64,6 +64,10 @@ class BertConfig:
     sparse_mlm: bool = True
     """Compute the MLM head only at masked positions (same loss, far less work: the vocabulary
     projection dominates small models). Off: logits for every position, as Hugging Face does."""
+    fused_qkv: bool = True
+    """Project queries, keys and values with one (H -> 3H) matmul over the concatenated weights
+    instead of three (H -> H) ones. The parameters stay three (`query`, `key`, `value`), so
+    checkpoints and Hugging Face export are unchanged; same results up to float summation order."""
     activation_checkpointing: bool = False
     """Recompute each encoder layer's activations in the backward pass instead of storing them
     (`torch.utils.checkpoint`): less activation memory for ~1/3 more compute. Training only."""
@@ -130,6 +134,7 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
         self.num_heads = cfg.num_heads
+        self.fused_qkv = cfg.fused_qkv
         self.query = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.key = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.value = nn.Linear(cfg.hidden_size, cfg.hidden_size)
@@ -138,11 +143,19 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, H = x.shape
-        # (B, T, H) -> (B, nh, T, hs)
-        q, k, v = (
-            proj(x).view(B, T, self.num_heads, H // self.num_heads).transpose(1, 2)
-            for proj in (self.query, self.key, self.value)
-        )
+        nh, hs = self.num_heads, H // self.num_heads
+        if self.fused_qkv:
+            # One (H -> 3H) matmul: (3H, H) weight built by concatenation (a 3H² copy, small
+            # next to the B·T·3H² matmul), then (B, T, 3H) -> (3, B, nh, T, hs) views.
+            w = torch.cat((self.query.weight, self.key.weight, self.value.weight))
+            b = torch.cat((self.query.bias, self.key.bias, self.value.bias))
+            q, k, v = F.linear(x, w, b).view(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            # (B, T, H) -> (B, nh, T, hs)
+            q, k, v = (
+                proj(x).view(B, T, nh, hs).transpose(1, 2)
+                for proj in (self.query, self.key, self.value)
+            )
         dropout_p = self.attention_dropout if self.training else 0.0
         # attn_mask: (B, 1, 1, T) bool, True = may attend; None when nothing is padded.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
@@ -290,6 +303,20 @@ class BertForPreTraining(nn.Module):
         else:
             mlm_logits = self.mlm(hidden)
         return PretrainingOutput(mlm_logits, self.nsp(pooled), hidden, pooled)
+
+    def compile_blocks(self) -> None:
+        """`torch.compile` the embeddings, each encoder layer and the MLM head in place.
+
+        Parameter names do not change (checkpoints and export are unaffected). What stays eager is
+        what has data-dependent shapes or branches: the padding check and the gather of masked
+        positions, whose count M changes every batch. The MLM head is therefore compiled with a
+        dynamic first dimension from the start, so a new M never triggers a recompile; the
+        encoder sees (B, T) shapes that only change with the batch's padded length.
+        """
+        self.bert.embeddings.compile()
+        for layer in self.bert.layers:
+            layer.compile()  # one graph reused by every layer: parameters are graph inputs
+        self.mlm.compile(dynamic=True)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # tied weights count once

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import asdict
 
 import lightning as L
@@ -38,6 +40,8 @@ class BertPretrainingModule(L.LightningModule):
         self.model = BertForPreTraining(model_cfg)
         self._val_sums: dict[str, torch.Tensor] = {}
         self._val_label_counts: torch.Tensor | None = None
+        # Share of a wall-clock budget spent, for the LR schedule (set by train.py; None: none).
+        self.time_fraction: Callable[[], float] | None = None
 
     def _step(
         self, batch: dict
@@ -137,8 +141,21 @@ class BertPretrainingModule(L.LightningModule):
         self.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=False)
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optim_cfg)
-        scheduler = build_scheduler(optimizer, self.schedule_cfg, self.max_steps)
+        optim_cfg = self.optim_cfg
+        trainer = self._trainer
+        if (
+            optim_cfg.implementation == "fused"
+            and trainer is not None
+            and getattr(trainer.precision_plugin, "scaler", None) is not None
+            and trainer.gradient_clip_val
+        ):
+            # fp16 loss scaling must unscale the gradients before clipping; torch's fused AdamW
+            # unscales inside its step, which Lightning refuses to clip. Same math, batched kernels.
+            optim_cfg = dataclasses.replace(optim_cfg, implementation="foreach")
+        optimizer = build_optimizer(self.model, optim_cfg)
+        scheduler = build_scheduler(
+            optimizer, self.schedule_cfg, self.max_steps, self.time_fraction
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -26,6 +26,7 @@ from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 from typing_extensions import override
 
+from pretrain.checkpointing import save_directory_atomically
 from pretrain.config import StrategyConfig
 from pretrain.errors import UserError
 
@@ -46,6 +47,15 @@ class ZeROStrategy(DeepSpeedStrategy):
     def backward(self, closure_loss, optimizer, *args, **kwargs):
         kwargs.setdefault("scale_wrt_gas", False)
         return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+    @override
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        # DeepSpeed writes a directory of per-rank shards in place; write it into a temporary
+        # sibling and rename it when every rank is done (pretrain/checkpointing.py).
+        save = super().save_checkpoint
+        save_directory_atomically(
+            self, filepath, lambda tmp: save(checkpoint, tmp, storage_options)
+        )
 
 
 class CPUDeepSpeedStrategy(ZeROStrategy):
@@ -127,11 +137,51 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if native_bf16 else "32"
 
 
+def device_count(devices) -> int | None:
+    """Processes per node that `trainer.devices` asks for: an int, "N", or a list of device ids;
+    None for `auto` (Lightning decides from the hardware)."""
+    if isinstance(devices, int):
+        return devices
+    if isinstance(devices, str) and devices.strip().isdigit():
+        return int(devices)
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    return None
+
+
+def check_slurm_tasks(trainer) -> None:
+    """Under `srun` Lightning runs exactly one task per device and takes each task's rank from
+    SLURM, so SLURM's task count must equal trainer.devices × trainer.num_nodes: with more tasks
+    the extra ranks fall outside the world size, with fewer the others wait for them forever."""
+    if "SLURM_NTASKS" not in os.environ or os.environ.get("SLURM_JOB_NAME") in (
+        "bash",
+        "interactive",  # Lightning's convention: an interactive allocation, not an srun launch
+    ):
+        return
+    devices = device_count(trainer.devices)
+    if devices is None:
+        return
+    ntasks = int(os.environ["SLURM_NTASKS"])
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES") or os.environ.get("SLURM_NNODES") or 1)
+    expected = devices * trainer.num_nodes
+    if ntasks != expected:
+        per_node = f"{ntasks // nodes}" if ntasks % nodes == 0 else f"{ntasks}/{nodes}"
+        raise UserError(
+            f"SLURM started {ntasks} tasks on {nodes} node(s) (SLURM_NTASKS) but trainer.devices × "
+            f"trainer.num_nodes = {devices} × {trainer.num_nodes} = {expected}, and Lightning runs "
+            f"exactly one task per device; submit with --nodes={trainer.num_nodes} "
+            f"--ntasks-per-node={devices} (slurm/*.sbatch then set both fields), or set "
+            f"trainer.devices={per_node} trainer.num_nodes={nodes}"
+        )
+
+
 def distribution_kwargs(strategy: StrategyConfig, trainer) -> dict:
     """The `lightning.Trainer` arguments that place the work: devices, nodes, strategy, precision.
 
     `trainer` is any config with accelerator, devices, num_nodes and precision (pretraining's and
-    fine-tuning's trainer sections both have them)."""
+    fine-tuning's trainer sections both have them). Refuses a SLURM launch whose task count does
+    not match (`check_slurm_tasks`)."""
+    check_slurm_tasks(trainer)
     return dict(
         accelerator=trainer.accelerator,
         devices=trainer.devices,

@@ -30,7 +30,8 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.callbacks import ExitAfterSteps, ThroughputMonitor
+from pretrain.budget import TimeBudget
+from pretrain.callbacks import ExitAfterSteps, ThroughputMonitor, resolve_peak_tflops
 from pretrain.checkpointing import (
     LAST,
     AtomicCheckpointIO,
@@ -52,6 +53,8 @@ from pretrain.loggers import build_logger
 from pretrain.model import ARCHITECTURE_FIELDS
 from pretrain.module import BertPretrainingModule
 from pretrain.preemption import PreemptionCheckpoint
+from pretrain.progress import StepProgressBar
+from pretrain.run_dir import check_run_dir_owner
 from pretrain.strategy import distribution_kwargs
 from pretrain.tokenizer_check import read_vocab
 
@@ -98,7 +101,10 @@ def train(cfg: PretrainConfig) -> dict:
             checkpointing,
             RNGStateCheckpoint(),
             preemption := PreemptionCheckpoint(checkpoint_dir / LAST),
-        ],
+        ]
+        # A rich bar (steps, tokens/s, ETA) in terminals; plain lines (ThroughputMonitor) in
+        # batch jobs, whose output files a redrawn bar would fill with carriage returns.
+        + ([StepProgressBar()] if cfg.trainer.enable_progress_bar and interactive else []),
         logger=False,
         default_root_dir=str(run_dir),
     )
@@ -110,10 +116,23 @@ def train(cfg: PretrainConfig) -> dict:
             cfg.trainer.log_every_n_steps,
             world_size,
             print_progress=not (cfg.trainer.enable_progress_bar and interactive),
+            model_cfg=cfg.model,
+            peak_tflops=resolve_peak_tflops(cfg.trainer.peak_tflops, cfg.trainer.accelerator),
         )
     )
     if cfg.trainer.exit_after_steps is not None:
         trainer.callbacks.append(ExitAfterSteps(cfg.trainer.exit_after_steps))
+    budget = None
+    if cfg.trainer.max_time_minutes is not None:
+        budget = TimeBudget(cfg.trainer.max_time_minutes)
+        trainer.callbacks.append(budget)
+    if cfg.eval_downstream.every_n_steps:
+        from pretrain.downstream_eval import DownstreamEval  # imports the fine-tuning app
+
+        # Last: runs after the stop decisions above, so a stopping launch skips it.
+        trainer.callbacks.append(
+            DownstreamEval(cfg.eval_downstream, cfg.work_dir, runtime.tokenizer_dir, cfg.model)
+        )
     logger = build_logger(cfg.logger, run_dir, cfg.name, trainer.global_rank)
     if logger:
         trainer.loggers = [logger]
@@ -129,14 +148,19 @@ def train(cfg: PretrainConfig) -> dict:
             zero_stage=cfg.strategy.zero_stage if deepspeed else None,
         )
         rank_zero_info(f"resuming from {resume_from} (step {step})")
+    check_run_dir_owner(run_dir, asdict(cfg), runtime.manifest, allow=cfg.allow_run_dir_mismatch)
 
     _save_run_files(cfg, runtime.manifest, run_dir)
     if logger:
         logger.log_hyperparams(asdict(cfg))
 
     module = BertPretrainingModule(cfg.model, cfg.optim, cfg.schedule, cfg.trainer.max_steps)
+    if budget is not None:
+        module.time_fraction = lambda: budget.fraction
     if cfg.init_from and resume_from is None:
         initialize_from(module.model, cfg.init_from, cfg, runtime.tokenizer_dir)
+    if cfg.trainer.compile:
+        module.model.compile_blocks()  # in place: parameter names (checkpoints) unchanged
     rank_zero_info(
         f"model: {module.model.num_parameters() / 1e6:.2f} M parameters "
         f"({module.model.num_parameters(exclude_embeddings=True) / 1e6:.2f} M without embeddings); "
@@ -155,13 +179,15 @@ def train(cfg: PretrainConfig) -> dict:
             cfg.data.num_workers,
             cfg.seed,
         ),
+        val_mlm_probability=cfg.data.val_mlm_probability,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
 
     last = checkpoint_dir / LAST
     if trainer.global_step % cfg.trainer.checkpoint_every_n_steps and not preemption.requested:
         trainer.save_checkpoint(last)  # the final step, when it fell between periodic saves
-    if trainer.global_step < cfg.trainer.max_steps:  # exit_after_steps, preemption or a NaN stop
+    finished = trainer.global_step >= cfg.trainer.max_steps or (budget and budget.exhausted)
+    if not finished:  # exit_after_steps, preemption or a NaN stop
         rank_zero_info(
             f"stopped at step {trainer.global_step} of {cfg.trainer.max_steps}; run the "
             f"same command again to resume from {last}"
@@ -213,8 +239,14 @@ def initialize_from(model, path: str, cfg: PretrainConfig, tokenizer_dir: Path) 
 def _save_run_files(cfg: PretrainConfig, manifest: dict, run_dir: Path) -> None:
     """Everything needed to reproduce the run, beside its checkpoints."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    (run_dir / "data_manifest.json").write_text(json.dumps(manifest, indent=2))
+    # Atomically: the other ranks may be reading them meanwhile (check_run_dir_owner).
+    for name, text in (
+        ("config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg))),
+        ("data_manifest.json", json.dumps(manifest, indent=2)),
+    ):
+        tmp = run_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, run_dir / name)
     rank_zero_info(f"run directory: {run_dir}")
 
 

@@ -25,15 +25,18 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil  # a dependency of DeepSpeed
 import pytest
 import torch
 
-from pretrain.checkpointing import validate_checkpoint
+from pretrain.checkpointing import is_unfinished_write, unfinished_writes, validate_checkpoint
 from pretrain.consolidate import load_consolidated
 from pretrain.errors import UserError
 from pretrain.model import BertForPreTraining
@@ -286,3 +289,78 @@ def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(runs):
     failed_at = int(proc.stderr.split("the loss became")[1].split("at step ")[1].split(":")[0])
     last = runs.run_dir(name) / "checkpoints" / "last.ckpt"
     assert validate_checkpoint(last, {}) == failed_at - 1  # written before the bad step, intact
+
+
+def test_zero_save_killed_mid_write_leaves_only_a_temporary_that_resume_ignores(runs):
+    """A 2-process ZeRO-2 run writes each checkpoint directory into a temporary sibling: kill -9
+    both ranks as soon as one is seen on disk, plant one more partial temporary that looks like a
+    checkpoint, relaunch: it resumes from a finished checkpoint (or starts over), says it ignores
+    the temporaries, finishes, and leaves none behind."""
+    name = "killed_mid_save"
+    ckpts = runs.run_dir(name) / "checkpoints"
+    overrides = (
+        "strategy=deepspeed_zero2", "trainer.precision=32", "trainer.max_steps=4",
+        "trainer.checkpoint_every_n_steps=2", "trainer.val_check_interval=4",
+    )  # fmt: skip
+    app = app_args(
+        f"work_dir={runs.work}", f"data.dir={runs.data}", f"name={name}", "trainer.devices=2",
+        *overrides,
+    )  # fmt: skip
+    launch = subprocess.Popen(
+        torchrun(2, *app),
+        env=env(),
+        cwd=runs.work,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen, deadline = None, time.monotonic() + 300
+    while seen is None and launch.poll() is None and time.monotonic() < deadline:
+        if ckpts.is_dir():
+            seen = next((p.name for p in ckpts.iterdir() if ".tmp-" in p.name), None)
+        time.sleep(0.002)
+    if launch.poll() is None:
+        # torchrun starts each rank in a session of its own: kill the ranks by pid, then torchrun.
+        for proc in [*psutil.Process(launch.pid).children(recursive=True), launch]:
+            proc.send_signal(signal.SIGKILL)
+    launch.wait()
+    assert seen is not None, "no checkpoint directory was written through a temporary sibling"
+    for path in ckpts.iterdir():  # whatever the kill interrupted, what looks finished is
+        if not is_unfinished_write(path):
+            assert validate_checkpoint(path, {}, world_size=2, zero_stage=2) == 2
+
+    planted = ckpts / ".last.ckpt.tmp-0-crashed"
+    (planted / "checkpoint").mkdir(parents=True)
+    (planted / "latest").write_text("checkpoint")
+    out = runs.launch(name, 2, *overrides)
+    log = out.stdout + out.stderr
+    assert "unfinished checkpoint write(s)" in log and planted.name in log, log[-3000:]
+    assert validate_checkpoint(ckpts / "last.ckpt", {}, world_size=2, zero_stage=2) == 4
+    assert unfinished_writes(ckpts) == []
+    assert {"last.ckpt", "step0000004.ckpt"} <= {p.name for p in ckpts.iterdir()}
+
+
+def test_downstream_evaluation_under_zero2_leaves_the_losses_unchanged(runs, tmp_path):
+    """`eval_downstream` on a 2-process ZeRO-2 run (rank 0 fine-tunes a copy of its full-size
+    bf16 module, the other rank waits): the per-step losses are those of the same run without it."""
+    from tests.test_finetune import synthetic, write_splits
+
+    vocab = (runs.data / "tokenizer" / "vocab.txt").read_text().split()
+    words = sorted(w for w in vocab if w.isalpha() and len(w) > 3)[:40]
+    rows = {"train": synthetic(words, 64, 0, False), "dev": synthetic(words, 32, 1, False)}
+    files = write_splits(tmp_path, rows, "csv")
+    without = global_losses(runs.two_process(2))
+    name = "zero2_downstream"
+    out = runs.launch(
+        name, 2, "strategy=deepspeed_zero2", "eval_downstream.every_n_steps=10",
+        "eval_downstream.task=sequence_classification", "+eval_downstream.task_fields.name=kw",
+        *(f"+eval_downstream.task_fields.{o.removeprefix('task.')}" for o in files),
+        "+eval_downstream.task_fields.max_seq_length=32",
+    )  # fmt: skip
+    assert global_losses(runs.run_dir(name)) == without
+    log = out.stdout + out.stderr
+    assert log.count("downstream evaluation at step") == 2, log[-3000:]
+    (version,) = (runs.run_dir(name) / "csv").glob("version_*")
+    with open(version / "metrics.csv") as f:
+        scores = {int(r["step"]): float(r["downstream/kw/accuracy"]) for r in csv.DictReader(f)
+                  if r.get("downstream/kw/accuracy")}  # fmt: skip
+    assert sorted(scores) == [9, 19] and all(0 <= a <= 1 for a in scores.values())

@@ -198,3 +198,28 @@ def test_bert_finetune_command(tiny_model, token_files, tmp_path, app_env):
     )
     assert proc.returncode == 2
     assert "missing' does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_max_train_examples_takes_the_same_subset_for_every_seed(sequence_files, token_files):
+    from pretrain.finetune import TaskConfig, load_task_data
+
+    def task(files, **kw) -> TaskConfig:
+        paths = dict(o.removeprefix("task.").split("=", 1) for o in files)
+        return TaskConfig(name="t", **paths, **kw)
+
+    full = load_task_data(task(sequence_files, type="sequence_classification"))
+    sub = load_task_data(
+        task(sequence_files, type="sequence_classification", max_train_examples=50)
+    )
+    again = load_task_data(
+        task(sequence_files, type="sequence_classification", max_train_examples=50)
+    )
+    assert len(full.records["train"]) == SIZES["train"] and len(sub.records["train"]) == 50
+    assert sub.records["train"] == again.records["train"]
+    assert all(r in full.records["train"] for r in sub.records["train"])
+    assert sub.records["dev"] == full.records["dev"] and sub.records["test"] == full.records["test"]
+    # One tagged tweet: the label set still comes from the whole training split.
+    tokens = load_task_data(task(token_files, type="token_classification", max_train_examples=1))
+    assert tokens.labels == load_task_data(task(token_files, type="token_classification")).labels
+    with pytest.raises(ValueError, match="max_train_examples"):
+        task(sequence_files, max_train_examples=0)

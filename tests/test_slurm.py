@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.test_finetune import sequence_files, tiny_model, words  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
 
@@ -124,3 +125,40 @@ def test_preempted_job_checkpoints_requeues_and_ends_like_an_uninterrupted_one(
         losses(tmp_path / "runs" / "whole"),
     )
     assert len(reference) == 80 and preempted == reference
+
+
+def test_finetune_sbatch_runs_bert_finetune_and_writes_its_metrics(
+    tiny_model,  # noqa: F811
+    sequence_files,  # noqa: F811
+    tmp_path,
+    app_env,
+):
+    env = dict(app_env, PYTHON=sys.executable)
+    job, exit_code = sbatch(tmp_path, env, str(REPO / "slurm" / "finetune.sbatch"),
+                            "task=sequence_classification", "task.name=keyword",
+                            f"model={tiny_model}", f"work_dir={tmp_path}", "logger=none",
+                            "trainer.accelerator=cpu", "batch_size=16", "task.max_seq_length=32",
+                            "trainer.max_epochs=1", *sequence_files)  # fmt: skip
+    log = tmp_path / f"slurm-bert-finetune-{job}.out"
+    output = log.read_text() if log.is_file() else ""
+    assert exit_code == 0, output[-4000:]
+    run = tmp_path / "finetune" / f"slurm-{job}"  # keyed by the job id, like pretraining
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and metrics["task"] == "keyword"
+    assert set(metrics["test"]) == {"accuracy", "macro_f1", "mcc"}
+    assert len((run / "test_predictions.jsonl").read_text().splitlines()) == 64
+    assert "fine-tuned keyword (pretrained, seed 1234)" in output
+
+
+def test_more_tasks_than_devices_fails_with_the_fix(prepared_english, tmp_path, app_env):
+    """Two tasks, but trainer.devices=1 forced on the command line (it overrides the script's)."""
+    env = dict(app_env, PYTHON=sys.executable)
+    job, exit_code = sbatch(tmp_path, env, "--ntasks-per-node=2", "--cpus-per-task=1",
+                            str(REPO / "slurm" / "pretrain.sbatch"), "experiment=debug",
+                            f"work_dir={tmp_path}", f"data.dir={prepared_english}",
+                            "trainer.devices=1")  # fmt: skip
+    output = (tmp_path / f"slurm-bert-pretrain-{job}.out").read_text()
+    assert exit_code != 0
+    assert "error: SLURM started 2 tasks on 1 node(s)" in output, output[-4000:]
+    assert "--ntasks-per-node=1" in output and "trainer.devices=2 trainer.num_nodes=1" in output
+    assert "Traceback" not in output

@@ -128,3 +128,32 @@ def test_resolve_runtime_errors_name_the_problem(tmp_path):
         resolve_runtime(load(f"data.dir={data}", f"data.tokenizer_dir={other}"), 1)
     with pytest.raises(UserError, match="max_position_embeddings"):
         resolve_runtime(load(f"data.dir={data}", "model.max_position_embeddings=32"), 1)
+
+
+@pytest.mark.parametrize("size", ["base", "large"])
+def test_two_phase_presets_follow_the_recipe(size):
+    """NVIDIA's two-phase recipe in spirit: 128 then 512 tokens, ~9:1 samples, phase 2 starting
+    from phase 1's weights (init_from: weights only, so a fresh optimizer state and warm-up)."""
+    one, two = load(f"experiment=bert_{size}_phase1"), load(f"experiment=bert_{size}_phase2")
+    arch = PRESETS[f"bert-{size}"]
+    for cfg in (one, two):
+        assert {k: getattr(cfg.model, k) for k in arch} == arch
+        assert cfg.schedule.name == "polynomial" and cfg.schedule.power == 0.5
+        assert cfg.init_from != cfg.run_dir and cfg.resume == "auto"
+    assert one.data.dir.endswith("seq128") and two.data.dir.endswith("seq512")
+    assert two.model.max_position_embeddings >= 512
+    assert one.init_from is None and two.init_from == one.run_dir
+    assert (one.data.global_batch_size, two.data.global_batch_size) == (65536, 32768)
+    samples = [c.data.global_batch_size * c.trainer.max_steps for c in (one, two)]
+    assert 8.5 < samples[0] / samples[1] < 9.5  # 90% / 10% of the samples
+    assert (one.schedule.warmup_fraction, two.schedule.warmup_fraction) == (0.2843, 0.128)
+    assert (one.data.masking.max_predictions_per_seq, two.data.masking.max_predictions_per_seq) == (
+        20,
+        80,
+    )
+    assert one.optim.name == two.optim.name == "lamb"  # what makes these rates stable
+    assert (one.optim.lr, two.optim.lr) == (6e-3, 4e-3)
+    # The global batch splits evenly on 1 to 32 nodes of 8 GPUs (accumulation is derived).
+    for cfg in (one, two):
+        for gpus in (8, 16, 32, 64, 128, 256):
+            assert cfg.data.global_batch_size % (cfg.data.micro_batch_size * gpus) == 0

@@ -193,3 +193,62 @@ def test_pre_ln_layers_normalize_before_each_sublayer_and_once_at_the_end():
     with pytest.raises(ValueError, match="norm_position"):
         tiny(norm_position="sandwich")
     assert BertForPreTraining(tiny()).bert.final_norm is None  # post-LN (BERT) is the default
+
+
+def _loss_and_grads(model: BertForPreTraining, b: dict) -> tuple[torch.Tensor, dict]:
+    model.zero_grad(set_to_none=True)
+    out = model(b["input_ids"], b["token_type_ids"], b["attention_mask"], mlm_labels=b["labels"])
+    loss = pretraining_loss(out, b["labels"], b["next_sentence_label"])[0]
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_fused_qkv_gives_the_same_loss_and_gradients_as_three_projections():
+    torch.manual_seed(0)
+    plain = BertForPreTraining(tiny(fused_qkv=False)).eval()
+    fused = BertForPreTraining(tiny(fused_qkv=True)).eval()
+    fused.load_state_dict(plain.state_dict())  # same parameters, same names
+    for b in (batch(), {**batch(seed=1), "attention_mask": torch.ones(3, 16, dtype=torch.long)}):
+        plain_loss, plain_grads = _loss_and_grads(plain, b)
+        fused_loss, fused_grads = _loss_and_grads(fused, b)
+        torch.testing.assert_close(fused_loss, plain_loss, rtol=1e-6, atol=1e-6)
+        for name, grad in plain_grads.items():
+            torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_attention_gets_no_mask_without_padding_and_a_boolean_one_with(monkeypatch):
+    # What reaches SDPA decides the kernel: None allows the fused mask-free paths; a bool
+    # (B, 1, 1, T) mask broadcasts without a materialized float (B, nh, T, T) one.
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
+        seen.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    model = BertForPreTraining(tiny()).eval()
+    b = batch()
+    model.bert(b["input_ids"], b["token_type_ids"], torch.ones(3, 16, dtype=torch.long))
+    assert seen and all(m is None for m in seen)
+    seen.clear()
+    model.bert(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    assert seen and all(m.dtype == torch.bool and m.shape == (3, 1, 1, 16) for m in seen)
+
+
+@pytest.mark.compile
+def test_compiled_blocks_give_the_same_loss_and_gradients_as_eager():
+    torch.manual_seed(0)
+    eager = BertForPreTraining(tiny(hidden_dropout=0.0, attention_dropout=0.0))
+    compiled = BertForPreTraining(tiny(hidden_dropout=0.0, attention_dropout=0.0))
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_blocks()
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints unchanged
+    # Different numbers of masked positions (the dynamic MLM head) and a padded batch.
+    for seed in range(3):
+        b = batch(seed=seed)
+        eager_loss, eager_grads = _loss_and_grads(eager, b)
+        compiled_loss, compiled_grads = _loss_and_grads(compiled, b)
+        torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+        for name, grad in eager_grads.items():
+            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)

@@ -8,13 +8,14 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from pretrain.checkpointing import validate_checkpoint
-from pretrain.config import StrategyConfig
+from pretrain.config import StrategyConfig, TrainerConfig
 from pretrain.errors import UserError
 from pretrain.model import BertForPreTraining, preset, pretraining_loss
 from pretrain.strategy import (
     CPUDeepSpeedStrategy,
     ZeROStrategy,
     build_strategy,
+    check_slurm_tasks,
     deepspeed_config,
 )
 from pretrain.train import NON_ZERO_RANK_OVERRIDES, launch_rank
@@ -114,3 +115,26 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     assert torch.equal(plain_loss, ac_loss)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(ac_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_slurm_task_count_must_equal_devices_times_nodes(monkeypatch):
+    """The environment an `srun` step sees (tests/test_slurm.py submits the real job)."""
+    for var in ("SLURM_NTASKS", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    check_slurm_tasks(TrainerConfig(devices=2))  # not under SLURM: nothing to compare
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "bert-pretrain")
+    check_slurm_tasks(TrainerConfig(devices=4, num_nodes=2))
+    check_slurm_tasks(TrainerConfig(devices=[0, 1, 2, 3], num_nodes=2))
+    check_slurm_tasks(TrainerConfig(devices="auto", num_nodes=2))  # Lightning resolves auto
+    with pytest.raises(
+        UserError,
+        match=r"SLURM started 8 tasks on 2 node\(s\).* = 2 × 2 = 4.*--nodes=2 --ntasks-per-node=2"
+        r".*or set trainer\.devices=4 trainer\.num_nodes=2",
+    ):
+        check_slurm_tasks(TrainerConfig(devices=2, num_nodes=2))
+    with pytest.raises(UserError, match=r"= 8 × 2 = 16"):  # fewer tasks than devices: a hang
+        check_slurm_tasks(TrainerConfig(devices="8", num_nodes=2))
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # an salloc shell, not an srun launch
+    check_slurm_tasks(TrainerConfig(devices=2, num_nodes=2))
