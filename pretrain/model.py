@@ -10,6 +10,7 @@ M number of masked positions in the batch, V vocabulary size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -68,6 +69,11 @@ class BertConfig:
     """Project queries, keys and values with one (H -> 3H) matmul over the concatenated weights
     instead of three (H -> H) ones. The parameters stay three (`query`, `key`, `value`), so
     checkpoints and Hugging Face export are unchanged; same results up to float summation order."""
+    position_init: str = "normal"
+    """Initial position table: "normal" (BERT's N(0, initializer_range)) or "sinusoidal"
+    (Vaswani et al.'s sin/cos table, scaled to the same std). Same architecture and export; the
+    sinusoids let attention tell positions apart from the first step, instead of after the table
+    has been learned from noise."""
     activation_checkpointing: bool = False
     """Recompute each encoder layer's activations in the backward pass instead of storing them
     (`torch.utils.checkpoint`): less activation memory for ~1/3 more compute. Training only."""
@@ -86,6 +92,10 @@ class BertConfig:
         if self.norm_position not in ("post", "pre"):
             raise ValueError(
                 f"model.norm_position must be 'post' or 'pre', got {self.norm_position!r}"
+            )
+        if self.position_init not in ("normal", "sinusoidal"):
+            raise ValueError(
+                f"model.position_init must be 'normal' or 'sinusoidal', got {self.position_init!r}"
             )
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
@@ -108,6 +118,16 @@ def preset(name: str, **overrides) -> BertConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return BertConfig(**{**PRESETS[name], **overrides})
+
+
+def sinusoidal_positions(num_positions: int, dim: int) -> torch.Tensor:
+    """(num_positions, dim) table: sin on even dims, cos on odd, wavelengths 2π … 10000·2π."""
+    position = torch.arange(num_positions, dtype=torch.float32)[:, None]  # (P, 1)
+    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(1e4) / dim))
+    table = torch.zeros(num_positions, dim)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq[: dim // 2])
+    return table
 
 
 class Embeddings(nn.Module):
@@ -284,6 +304,10 @@ class BertForPreTraining(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.zeros_(self.mlm.bias)
+        if self.cfg.position_init == "sinusoidal":
+            table = sinusoidal_positions(self.cfg.max_position_embeddings, self.cfg.hidden_size)
+            # sin/cos have std 1/√2: rescale to the other embeddings' std so neither dominates.
+            self.bert.embeddings.position.weight.copy_(table * std * 2**0.5)
         # Hugging Face zeroes the padding row too; matching it keeps exported models identical.
         self.bert.embeddings.word.weight[0].zero_()
 

@@ -111,6 +111,8 @@ def train(cfg: PretrainConfig) -> dict:
     world_size = trainer.world_size
     runtime = resolve_runtime(cfg, world_size)
     trainer.accumulate_grad_batches = runtime.accumulate_grad_batches
+    # Lightning counts val_check_interval in micro-batches; ours is in optimizer steps.
+    trainer.val_check_interval = cfg.trainer.val_check_interval * runtime.accumulate_grad_batches
     trainer.callbacks.append(
         ThroughputMonitor(
             cfg.trainer.log_every_n_steps,

@@ -95,6 +95,21 @@ def test_only_the_newest_periodic_checkpoints_are_kept(prepared_english, tmp_pat
     assert names == ["last.ckpt", "step0000006.ckpt", "step0000008.ckpt"]
 
 
+def test_validation_interval_counts_optimizer_steps_under_accumulation(
+    prepared_english, tmp_path, app_env
+):
+    # debug: global batch 8 = micro-batch 4 × 2 accumulation steps.
+    pretrain(app_env, tmp_path, prepared_english, "name=acc", "trainer.max_steps=6",
+             "trainer.val_check_interval=3")  # fmt: skip
+    steps = set()
+    for path in (tmp_path / "runs" / "acc").glob("csv/version_*/metrics.csv"):
+        with open(path) as f:
+            steps |= {int(r["step"]) for r in csv.DictReader(f) if r.get("val/mlm_acc")}
+    # Periodic validations log at global_step - 1 (after steps 3 and 6); the final whole-split
+    # evaluation logs at step 6. Counting micro-batches would have validated after 1.5 and 3 steps.
+    assert steps == {2, 5, 6}, steps
+
+
 def test_corrupt_checkpoint_is_refused_with_its_name(prepared_english, tmp_path, app_env):
     ckpt = tmp_path / "runs" / "broken" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)

@@ -252,3 +252,22 @@ def test_compiled_blocks_give_the_same_loss_and_gradients_as_eager():
         torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
         for name, grad in eager_grads.items():
             torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_sinusoidal_position_init_gives_distinct_positions_at_the_embeddings_scale():
+    from pretrain.model import sinusoidal_positions
+
+    table = sinusoidal_positions(64, 128)
+    assert table.shape == (64, 128)
+    torch.testing.assert_close(table[0, 1::2], torch.ones(64))  # cos(0) = 1
+    torch.testing.assert_close(table[3, 0], torch.sin(torch.tensor(3.0)))
+    model = BertForPreTraining(tiny(position_init="sinusoidal"))
+    pos = model.bert.embeddings.position.weight
+    torch.testing.assert_close(pos, table * 0.02 * 2**0.5)
+    # Neighbouring positions are more alike than distant ones from the start (not so for noise).
+    sim = torch.nn.functional.normalize(pos, dim=-1) @ torch.nn.functional.normalize(pos, dim=-1).T
+    assert sim[10, 11] > sim[10, 40] + 0.1
+    assert model.cfg.norm_position == "post"  # an init choice only: exports like any BERT
+    hf_state_dict_key_map(model.cfg)
+    with pytest.raises(ValueError, match="position_init"):
+        tiny(position_init="rotary")
