@@ -118,6 +118,9 @@ class ThroughputMonitor(L.Callback):
         if self.print_progress:
             done = step - self._start_step
             eta = (now - self._start_time) / max(done, 1) * (trainer.max_steps - step)
+            budget = next((c for c in trainer.callbacks if hasattr(c, "budget_s")), None)
+            if budget is not None:  # a wall-clock budget (pretrain/budget.py) ends it sooner
+                eta = min(eta, max(0.0, budget.budget_s - budget.elapsed_s()))
             loss = trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))
             rank_zero_info(
                 f"step {step}/{trainer.max_steps}  loss {float(loss):.4f}  "
@@ -126,6 +129,13 @@ class ThroughputMonitor(L.Callback):
         self._tokens = self._samples = 0
         self._flops = 0.0
         self._t0 = now
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` of non-training work (e.g. a downstream evaluation) out of tokens/s and
+        the ETA: move the throughput window and the ETA's origin past it."""
+        if self._t0 is not None:
+            self._t0 += seconds
+            self._start_time += seconds
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._t0 is not None:  # validation time is not training time

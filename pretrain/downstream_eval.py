@@ -220,11 +220,8 @@ class DownstreamEval(L.Callback):
         trainer.strategy.barrier("downstream evaluation")
         elapsed = time.perf_counter() - start
         for callback in trainer.callbacks:
-            if isinstance(callback, ThroughputMonitor) and callback._t0 is not None:
-                # Not training time: move the throughput window (and the ETA's origin) past it,
-                # as ThroughputMonitor does itself after validation.
-                callback._t0 += elapsed
-                callback._start_time += elapsed
+            if isinstance(callback, ThroughputMonitor):  # not training time
+                callback.exclude(elapsed)
 
     def evaluate(self, trainer: L.Trainer, pl_module, step: int, start: float) -> None:
         bert = pl_module.model.bert

@@ -12,12 +12,13 @@ may change between launches of one run.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from pretrain.errors import UserError
-from pretrain.model import ARCHITECTURE_FIELDS
+from pretrain.model import ARCHITECTURE_FIELDS, BertConfig
 
 # The parts of a data manifest that identify the data set (not the library versions or the paths).
 MANIFEST_IDENTITY = (
@@ -41,14 +42,21 @@ def _get(tree: dict, dotted: str):
 
 def run_identity(config: dict, manifest: dict | None) -> dict[str, object]:
     """field -> value for everything that makes a run a different experiment."""
+    # A field a run saved before it existed (e.g. norm_position) had its default value then.
+    defaults = {f.name: f.default for f in fields(BertConfig)}
     identity: dict[str, object] = {
-        f"model.{k}": _get(config, f"model.{k}") for k in ARCHITECTURE_FIELDS
+        f"model.{k}": _fallback(_get(config, f"model.{k}"), defaults[k])
+        for k in ARCHITECTURE_FIELDS
     }
     identity["seed"] = config.get("seed")
     if manifest is not None:
         for key in MANIFEST_IDENTITY:
             identity[f"data ({key})"] = _get(manifest, key)
     return identity
+
+
+def _fallback(value, default):
+    return default if value is None else value
 
 
 def _show(value) -> str:

@@ -75,3 +75,12 @@ def test_known_gpu_peaks_and_cpu_default():
     assert detect_peak_tflops("NVIDIA GeForce RTX 4090") is None
     assert resolve_peak_tflops(None, "cpu") is None  # CPUs: only a configured peak
     assert resolve_peak_tflops(2.5, "cpu") == 2.5
+
+
+def test_excluded_time_is_left_out_of_the_throughput_window():
+    monitor = ThroughputMonitor(2, 1, False)
+    monitor.exclude(5.0)  # before training starts: nothing to move
+    assert monitor._t0 is None
+    monitor._t0 = monitor._start_time = 100.0
+    monitor.exclude(5.0)
+    assert (monitor._t0, monitor._start_time) == (105.0, 105.0)
