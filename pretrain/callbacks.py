@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from pretrain.budget import TimeBudget
 from pretrain.model import BertConfig, flops_per_token
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's data sheets, matched in order
@@ -118,8 +119,8 @@ class ThroughputMonitor(L.Callback):
         if self.print_progress:
             done = step - self._start_step
             eta = (now - self._start_time) / max(done, 1) * (trainer.max_steps - step)
-            budget = next((c for c in trainer.callbacks if hasattr(c, "budget_s")), None)
-            if budget is not None:  # a wall-clock budget (pretrain/budget.py) ends it sooner
+            budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
+            if budget is not None:  # a wall-clock budget ends the run sooner
                 eta = min(eta, max(0.0, budget.budget_s - budget.elapsed_s()))
             loss = trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))
             rank_zero_info(

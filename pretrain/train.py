@@ -188,7 +188,9 @@ def train(cfg: PretrainConfig) -> dict:
     last = checkpoint_dir / LAST
     if trainer.global_step % cfg.trainer.checkpoint_every_n_steps and not preemption.requested:
         trainer.save_checkpoint(last)  # the final step, when it fell between periodic saves
-    finished = trainer.global_step >= cfg.trainer.max_steps or (budget and budget.exhausted)
+    finished = trainer.global_step >= cfg.trainer.max_steps or (
+        budget is not None and budget.exhausted
+    )
     if not finished:  # exit_after_steps, preemption or a NaN stop
         rank_zero_info(
             f"stopped at step {trainer.global_step} of {cfg.trainer.max_steps}; run the "
