@@ -157,3 +157,17 @@ def test_two_phase_presets_follow_the_recipe(size):
     for cfg in (one, two):
         for gpus in (8, 16, 32, 64, 128, 256):
             assert cfg.data.global_batch_size % (cfg.data.micro_batch_size * gpus) == 0
+
+
+def test_cpu_budget_phases_chain_and_fit_the_hour():
+    """Short sequences first (the lever that leaves the unigram plateau), then full length from
+    phase 1's weights; same model in both, and the two budgets within the issue's 60 minutes."""
+    one, two = load("experiment=cpu_budget_phase1"), load("experiment=cpu_budget_phase2")
+    assert one.data.dir.endswith("seq32") and two.data.dir.endswith("seq128")
+    assert one.init_from is None and two.init_from == one.run_dir
+    assert one.model == two.model
+    assert one.model.norm_position == "pre" and one.model.hidden_dropout == 0.0
+    # The same token slots per step in both phases: 256 × 32 = 64 × 128.
+    assert one.data.global_batch_size * 32 == two.data.global_batch_size * 128
+    assert one.data.val_mlm_probability == two.data.val_mlm_probability == 0.15
+    assert one.trainer.max_time_minutes + two.trainer.max_time_minutes <= 60
