@@ -8,12 +8,14 @@ row's task and overrides below, run in this process) in
 `<work>/finetune/<out-name>/<row>-<init>-s<seed>` (out-name: `compare` unless given); the table
 reports the test metric of the best dev epoch, mean ± standard deviation over the seeds, and is
 saved as `summary.json` beside the runs. A run whose directory already holds its `metrics.json`
-under the same resolved config is not repeated (re-running resumes).
+under the same resolved config and the same model files (sizes and modification times) is not
+repeated (re-running resumes; re-training the model at the same path re-runs everything).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -43,6 +45,33 @@ ROWS = {
     "wnut16": ("wnut16", ["trainer.max_epochs=10", "optim.lr=3e-4", "batch_size=16", "patience=3"]),
 }
 INITS = ("pretrained", "random")
+FINGERPRINT_FILE = "model_fingerprint.txt"  # beside a run's metrics.json: which model it tuned
+
+
+def model_fingerprint(path: Path) -> str:
+    """Hash of the path, size and modification time of every file of the model (a file or a
+    directory): it changes when the model is re-trained or re-exported, without reading the
+    weights."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    lines = []
+    for f in files:
+        stat = f.stat()
+        lines.append(
+            f"{f.relative_to(path) if f != path else f.name}\t{stat.st_size}\t{stat.st_mtime_ns}"
+        )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def finished_earlier(out: Path, config_yaml: str, fingerprint: str) -> dict | None:
+    """The metrics of a finished run in `out` with this config and model, else None."""
+    try:
+        same = (out / "config.yaml").read_text() == config_yaml and (
+            out / FINGERPRINT_FILE
+        ).read_text() == fingerprint
+        return json.loads((out / "metrics.json").read_text()) if same else None
+    except FileNotFoundError:
+        return None
 
 
 def run_one(row: str, init: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
@@ -68,13 +97,14 @@ def run_one(row: str, init: str, seed: int, args: argparse.Namespace, extra: lis
         overrides.append(f"tokenizer_dir={args.tokenizer_dir}")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = to_typed(compose(config_name="finetune", overrides=overrides))
-    done = out / "metrics.json"
-    if done.is_file() and (out / "config.yaml").read_text() == OmegaConf.to_yaml(
-        OmegaConf.structured(cfg)
-    ):
-        print(f"{out}: finished earlier with the same config; reusing its metrics.json")
-        return {**json.loads(done.read_text()), "row": row}
-    return {**finetune(cfg), "row": row}
+    fingerprint = model_fingerprint(Path(args.model))
+    earlier = finished_earlier(out, OmegaConf.to_yaml(OmegaConf.structured(cfg)), fingerprint)
+    if earlier is not None:
+        print(f"{out}: finished earlier with the same config and model; reusing its metrics.json")
+        return {**earlier, "row": row}
+    result = finetune(cfg)
+    (out / FINGERPRINT_FILE).write_text(fingerprint)
+    return {**result, "row": row}
 
 
 def summarize(results: list[dict]) -> dict:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from pretrain.finetune_compare import format_table, summarize
+import os
+
+from pretrain.finetune_compare import (
+    FINGERPRINT_FILE,
+    finished_earlier,
+    format_table,
+    model_fingerprint,
+    summarize,
+)
 
 
 def test_summary_table_means_each_init_over_seeds():
@@ -24,3 +32,26 @@ def test_summary_table_means_each_init_over_seeds():
         "| rt | accuracy | 0.7500 ± 0.0707 | 0.6100 ± 0.0141 | 0.700 / 0.600, 0.800 / 0.620 |"
         in text
     )
+
+
+def test_a_finished_run_is_reused_only_for_the_same_config_and_model(tmp_path):
+    """Re-training the model at the same path must re-run the fine-tuning, not reuse old scores."""
+    model = tmp_path / "runs" / "demo"
+    (model / "checkpoints").mkdir(parents=True)
+    ckpt = model / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"weights v1")
+    out = tmp_path / "finetune" / "rt-pretrained-s1"
+    out.mkdir(parents=True)
+    (out / "config.yaml").write_text("lr: 1\n")
+    (out / "metrics.json").write_text('{"test": {"accuracy": 0.7}}')
+    fingerprint = model_fingerprint(model)
+    assert finished_earlier(out, "lr: 1\n", fingerprint) is None  # no fingerprint recorded yet
+    (out / FINGERPRINT_FILE).write_text(fingerprint)
+    assert finished_earlier(out, "lr: 1\n", fingerprint) == {"test": {"accuracy": 0.7}}
+    assert finished_earlier(out, "lr: 2\n", fingerprint) is None  # another config
+
+    ckpt.write_bytes(b"weights v2")  # the model re-trained in place
+    os.utime(ckpt, ns=(1, 1))
+    assert model_fingerprint(model) != fingerprint
+    assert finished_earlier(out, "lr: 1\n", model_fingerprint(model)) is None
+    assert model_fingerprint(ckpt) != model_fingerprint(model)  # a file works too
