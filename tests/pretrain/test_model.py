@@ -271,3 +271,39 @@ def test_sinusoidal_position_init_gives_distinct_positions_at_the_embeddings_sca
     hf_state_dict_key_map(model.cfg)
     with pytest.raises(ValueError, match="position_init"):
         tiny(position_init="rotary")
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_column_major_weight_linear_has_the_gradients_of_f_linear(with_bias):
+    from pretrain.linear import _ColumnMajorWeightLinear
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, requires_grad=True)
+    w = torch.randn(6, 8, requires_grad=True)
+    b = torch.randn(6, requires_grad=True) if with_bias else None
+    grad_out = torch.randn(3, 5, 6)
+    leaves = [t for t in (x, w, b) if t is not None]
+    expected = torch.autograd.grad(torch.nn.functional.linear(x, w, b), leaves, grad_out)
+    ours = torch.autograd.grad(_ColumnMajorWeightLinear.apply(x, w, b), leaves, grad_out)
+    for got, want in zip(ours, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_cpu_bf16_backward_gives_the_loss_and_gradients_of_stock_autocast():
+    torch.manual_seed(0)
+    stock = BertForPreTraining(tiny(fast_cpu_bf16_backward=False)).eval()
+    fast = BertForPreTraining(tiny(fast_cpu_bf16_backward=True)).eval()
+    fast.load_state_dict(stock.state_dict())
+    b = batch()
+    _, reference = _loss_and_grads(stock, b)  # fp32: the yardstick for bf16 error
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stock_loss, stock_grads = _loss_and_grads(stock, b)
+        fast_loss, fast_grads = _loss_and_grads(fast, b)
+    torch.testing.assert_close(fast_loss, stock_loss, rtol=0, atol=0)  # same forward GEMMs
+    largest = max(g.norm() for g in reference.values())
+    for name, grad in reference.items():
+        if grad.norm() < 1e-3 * largest:
+            continue  # e.g. attention key biases: exactly zero in exact arithmetic
+        stock_error = (stock_grads[name] - grad).norm() / grad.norm()
+        fast_error = (fast_grads[name] - grad).norm() / grad.norm()
+        assert fast_error <= 2 * stock_error + 1e-2, (name, fast_error, stock_error)
