@@ -43,11 +43,12 @@ def score(model, batch: dict, input_ids: torch.Tensor) -> tuple[float, float]:
     ).float().mean().item()
 
 
-def shuffle_context(batch: dict, seed: int) -> torch.Tensor:
+def shuffle_context(batch: dict, special_ids: list[int], seed: int) -> torch.Tensor:
     """Input ids with each row's unmasked, non-special real tokens permuted among themselves."""
     ids = batch["input_ids"].clone()  # (B, T)
     g = torch.Generator().manual_seed(seed)
-    movable = (batch["labels"] == -100) & (batch["attention_mask"] == 1) & (ids > 4)
+    ordinary = ~torch.isin(ids, torch.tensor(special_ids))
+    movable = (batch["labels"] == -100) & (batch["attention_mask"] == 1) & ordinary
     for row in range(ids.size(0)):
         where = movable[row].nonzero().flatten()
         ids[row, where] = ids[row, where[torch.randperm(len(where), generator=g)]]
@@ -71,8 +72,7 @@ def main() -> None:
     pretrained = load_pretrained(args.model)
     model = pretrained.model.eval()
     tokenizer = Tokenizer.from_file(str(pretrained.tokenizer_dir / "tokenizer.json"))
-    special = [tokenizer.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")]
-    pad, _, cls, sep, mask = special
+    pad, cls, sep, mask = (tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
     collator = MaskingCollator(
         MaskingConfig(mlm_probability=0.15),
         vocab_size=model.cfg.vocab_size,
@@ -87,7 +87,10 @@ def main() -> None:
 
     print(f"{args.model}: {n} held-out pairs of {args.data}, 15% masked")
     report("as is", score(model, batch, batch["input_ids"]))
-    report("context shuffled", score(model, batch, shuffle_context(batch, args.seed)))
+    report(
+        "context shuffled",
+        score(model, batch, shuffle_context(batch, [pad, cls, sep, mask], args.seed)),
+    )
     table = model.bert.embeddings.position.weight
     saved = table.detach().clone()
     with torch.no_grad():

@@ -74,7 +74,9 @@ def finished_earlier(out: Path, config_yaml: str, fingerprint: str) -> dict | No
         return None
 
 
-def run_one(row: str, init: str, seed: int, args: argparse.Namespace, extra: list[str]) -> dict:
+def run_one(
+    row: str, init: str, seed: int, args: argparse.Namespace, extra: list[str], fingerprint: str
+) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -97,7 +99,6 @@ def run_one(row: str, init: str, seed: int, args: argparse.Namespace, extra: lis
         overrides.append(f"tokenizer_dir={args.tokenizer_dir}")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = to_typed(compose(config_name="finetune", overrides=overrides))
-    fingerprint = model_fingerprint(Path(args.model))
     earlier = finished_earlier(out, OmegaConf.to_yaml(OmegaConf.structured(cfg)), fingerprint)
     if earlier is not None:
         print(f"{out}: finished earlier with the same config and model; reusing its metrics.json")
@@ -166,11 +167,12 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     results, started = [], time.time()
+    fingerprint = model_fingerprint(Path(args.model))  # before any run: the model they all tune
     try:
         for task in args.tasks:
             for seed in args.seeds:
                 for init in INITS:
-                    results.append(run_one(task, init, seed, args, args.overrides))
+                    results.append(run_one(task, init, seed, args, args.overrides, fingerprint))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -39,14 +39,6 @@ class _ColumnMajorWeightLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-def _cpu_bf16(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if x.device.type != "cpu":
-        return False
-    if torch.is_autocast_enabled("cpu"):
-        return torch.get_autocast_dtype("cpu") == torch.bfloat16
-    return x.dtype == weight.dtype == torch.bfloat16
-
-
 def linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -55,18 +47,23 @@ def linear(
 ) -> torch.Tensor:
     """`F.linear`, through `_ColumnMajorWeightLinear` for bf16 on the CPU when enabled.
 
-    Under CPU autocast the inputs are cast to bf16 here, as autocast would, and autocast is off
-    inside, so the same bf16 GEMMs run; gradients flow back through the casts to fp32 weights.
+    Under CPU bf16 autocast the inputs are cast to bf16 here, as autocast would, and autocast is
+    off inside, so the same bf16 GEMMs run; gradients flow back through the casts to fp32 weights.
+    Without autocast (DeepSpeed's bf16 mode) the tensors are bf16 already.
     """
-    if not (fast_cpu_bf16_backward and _cpu_bf16(x, weight)):
+    if not fast_cpu_bf16_backward or x.device.type != "cpu":
         return F.linear(x, weight, bias)
     if torch.is_autocast_enabled("cpu"):
+        if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+            return F.linear(x, weight, bias)
         bf16 = torch.bfloat16
         with torch.autocast("cpu", enabled=False):
             return _ColumnMajorWeightLinear.apply(
                 x.to(bf16), weight.to(bf16), None if bias is None else bias.to(bf16)
             )
-    return _ColumnMajorWeightLinear.apply(x, weight, bias)
+    if x.dtype == weight.dtype == torch.bfloat16:
+        return _ColumnMajorWeightLinear.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 class Linear(nn.Linear):
