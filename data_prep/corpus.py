@@ -7,7 +7,8 @@ Local files (`corpus=files`, `corpus.paths=[...]`: files, folders or glob patter
 - `.jsonl` / `.json` (JSON lines) and `.parquet`: one document per row, text in
   `corpus.text_column`; a text's lines go through the sentence splitter.
 
-A hub dataset (`corpus=hf`) is read like a `.jsonl` file, one document per row.
+A hub dataset (`corpus=hf`) is read like a `.jsonl` file, one document per row. `corpus=task_text`
+is the unlabelled training split of the fine-tuning data sets (`data_prep/task_text.py`).
 """
 
 from __future__ import annotations
@@ -102,7 +103,14 @@ def open_sources(cfg: CorpusConfig) -> list[Source]:
         return [_files_source(pattern, cfg) for pattern in cfg.paths]
     if cfg.kind == "hf":
         return [_hub_source(cfg)]
-    raise UserError(f"corpus.kind must be demo, files or hf, got {cfg.kind!r}")
+    if cfg.kind == "task_text":
+        from data_prep.task_text import task_text_source
+
+        return [
+            task_text_source(t, cfg.labelled_dir, cfg.pypi_cache_dir, cfg.split_seed)
+            for t in cfg.tasks
+        ]
+    raise UserError(f"corpus.kind must be one of demo, files, hf, task_text, got {cfg.kind!r}")
 
 
 # --- local files ------------------------------------------------------------------------------

@@ -10,7 +10,9 @@
 `model=` is anything `pretrain.export.load_pretrained` reads: a project checkpoint, a run directory
 (its newest checkpoint) or an exported Hugging Face directory; `init=random` keeps only its
 architecture and tokenizer (the "no pretraining" baseline). The encoder gets a dropout + linear head
-(on the pooled `[CLS]` output for sequences, on every hidden state for tokens); AdamW with no decay
+(on the pooled `[CLS]` output for sequences, or their mean with `pooling=mean`; on every hidden state
+for tokens), with the model's dropout rates unless `hidden_dropout=`/`attention_dropout=` say
+otherwise (a model pretrained without dropout fine-tunes with it back on); AdamW with no decay
 on biases and LayerNorm weights, linear warm-up and decay; the dev metric is checked after every
 epoch, training stops early when it has not improved for `patience` epochs, and the best epoch's
 weights are evaluated on the test split. The run directory gets `metrics.json`,
@@ -24,7 +26,7 @@ import json
 import math
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ from pretrain.strategy import distribution_kwargs
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 SOURCES = ("files", "hf", "rotten_tomatoes", "wnut16")
+POOLINGS = ("cls", "mean")
 SEQUENCE_METRICS = ("accuracy", "macro_f1", "mcc")
 TOKEN_METRICS = ("f1", "precision", "recall", "token_accuracy")
 SPLITS = ("train", "dev", "test")
@@ -173,8 +176,17 @@ class FinetuneConfig:
     batch_size: int = 32
     eval_batch_size: int = 128
     num_workers: int = 0
+    hidden_dropout: float | None = None
+    attention_dropout: float | None = None
+    """Dropout in the encoder while fine-tuning; None: the pretrained model's own. A recipe that
+    pretrains without dropout (as cramming and `experiment=cpu_budget_*` do) fine-tunes with it
+    back on (0.1, BERT's): the model's config would otherwise carry 0 into fine-tuning."""
     classifier_dropout: float | None = None
-    """Dropout before the head; None: the model's hidden_dropout."""
+    """Dropout before the head; None: the encoder's hidden dropout (after the override above)."""
+    pooling: str = "cls"
+    """What a sequence head reads: `cls`, BERT's pooler output (tanh of a linear map of the
+    [CLS] state, trained by NSP), or `mean`, the average of the last hidden states over the
+    tokens (as Sentence-BERT); token tasks read every hidden state either way."""
     patience: int = 2
     """Early stopping: epochs without a better dev metric before stopping."""
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -190,8 +202,12 @@ class FinetuneConfig:
         for name in ("batch_size", "eval_batch_size", "patience"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.classifier_dropout is not None and not 0 <= self.classifier_dropout < 1:
-            raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is unknown; use one of {POOLINGS}")
+        for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1) or null, got {value}")
 
 
 def register_configs() -> None:
@@ -317,10 +333,12 @@ class FinetuneModule(L.LightningModule):
         schedule: ScheduleConfig,
         total_steps: int,
         evaluator,
+        pooling: str = "cls",
     ):
         super().__init__()
         self.encoder = encoder
         self.task_type = task_type
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.cfg.hidden_size, num_labels)
         nn.init.normal_(self.head.weight, std=encoder.cfg.initializer_range)
@@ -333,8 +351,13 @@ class FinetuneModule(L.LightningModule):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden, pooled = self.encoder(
             batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
-        )
-        return self.head(self.dropout(pooled if self.task_type == SEQUENCE else hidden))
+        )  # hidden (B, T, H), pooled (B, H)
+        if self.task_type != SEQUENCE:
+            return self.head(self.dropout(hidden))  # (B, T, labels)
+        if self.pooling == "mean":  # average over the real tokens, [CLS] and [SEP] included
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.head(self.dropout(pooled))  # (B, labels)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy over the labelled positions (sequences, or each word's first piece)."""
@@ -408,15 +431,26 @@ def build_encoder(cfg: FinetuneConfig) -> tuple[BertModel, BertConfig, Path, str
             "(e.g. work/runs/demo after `make demo`) or an exported Hugging Face directory"
         )
     pretrained = load_pretrained(cfg.model_path)
-    model = pretrained.model
+    model, config = pretrained.model, pretrained.config
+    dropout = {
+        name: getattr(cfg, name)
+        for name in ("hidden_dropout", "attention_dropout")
+        if getattr(cfg, name) is not None
+    }
+    if dropout:
+        config = replace(config, **dropout)
     if cfg.init == "random":
         torch.manual_seed(cfg.seed)
-        model = BertForPreTraining(pretrained.config)
+        model = BertForPreTraining(config)
+    elif dropout:  # dropout rates are fixed at construction: rebuild, then take the weights
+        rebuilt = BertForPreTraining(config)
+        rebuilt.load_state_dict(model.state_dict())
+        model = rebuilt
     tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else Path(pretrained.tokenizer_dir)
     model.bert.train()  # a loaded model may come in eval mode; Lightning keeps submodules' modes
     return (
         model.bert,
-        pretrained.config,
+        config,
         tokenizer_dir,
         str(getattr(pretrained, "source", cfg.model_path)),
     )
@@ -541,6 +575,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         cfg.schedule,
         total_steps,
         evaluator,
+        cfg.pooling,
     )
     _save_run_files(cfg, data, run_dir)
     rank_zero_info(

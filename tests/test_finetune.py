@@ -223,3 +223,74 @@ def test_max_train_examples_takes_the_same_subset_for_every_seed(sequence_files,
     assert tokens.labels == load_task_data(task(token_files, type="token_classification")).labels
     with pytest.raises(ValueError, match="max_train_examples"):
         task(sequence_files, max_train_examples=0)
+
+
+def test_encoder_dropout_can_be_switched_back_on_for_fine_tuning(prepared_english, tmp_path):
+    """A model pretrained without dropout fine-tunes with `hidden_dropout`/`attention_dropout`
+    set: the same weights, the new rates in every dropout of the encoder; None keeps the model's."""
+    from dataclasses import replace
+
+    from pretrain.finetune import FinetuneConfig, build_encoder
+
+    torch.manual_seed(0)
+    cfg = replace(
+        preset("bert-tiny", vocab_size=1000, max_position_embeddings=64),
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
+    source = BertForPreTraining(cfg)
+    tokenizer = prepared_english / "tokenizer"
+    path = export_hf(Pretrained(source, cfg, tokenizer, source=Path("x")), tmp_path / "model")
+
+    def rates(encoder) -> set[float]:
+        ps = {m.p for m in encoder.modules() if isinstance(m, torch.nn.Dropout)}
+        return ps | {layer.attention.attention_dropout for layer in encoder.layers}
+
+    kept, kept_cfg, _, _ = build_encoder(FinetuneConfig(model_path=str(path)))
+    assert rates(kept) == {0.0} and kept_cfg.hidden_dropout == 0.0
+    on = FinetuneConfig(model_path=str(path), hidden_dropout=0.1, attention_dropout=0.1)
+    encoder, enc_cfg, _, _ = build_encoder(on)
+    assert rates(encoder) == {0.1} and enc_cfg.hidden_dropout == enc_cfg.attention_dropout == 0.1
+    for name, tensor in source.bert.state_dict().items():
+        torch.testing.assert_close(encoder.state_dict()[name], tensor, rtol=0, atol=0)
+    random_encoder, _, _, _ = build_encoder(replace(on, init="random"))
+    assert rates(random_encoder) == {0.1}
+    with pytest.raises(ValueError, match="hidden_dropout must be in"):
+        FinetuneConfig(model_path=str(path), hidden_dropout=1.0)
+
+
+def test_mean_pooling_averages_the_real_tokens_only():
+    """pooling=mean: the head reads the mean of the last hidden states over attention_mask, so
+    padding (any ids, any length) does not change a sequence's logits; pooling=cls reads the
+    pooler output."""
+    from pretrain.config import OptimConfig, ScheduleConfig
+    from pretrain.finetune import FinetuneModule
+
+    torch.manual_seed(0)
+    cfg = preset("bert-tiny", vocab_size=100, max_position_embeddings=16)
+    encoder = BertForPreTraining(cfg).bert.eval()
+
+    def module(pooling):
+        m = FinetuneModule(encoder, "sequence_classification", 2, 0.0, OptimConfig(),
+                           ScheduleConfig(), 10, None, pooling)  # fmt: skip
+        torch.manual_seed(1)
+        torch.nn.init.normal_(m.head.weight)
+        return m.eval()
+
+    ids = torch.tensor([[2, 11, 12, 13, 3, 0, 0], [2, 21, 3, 0, 0, 0, 0]])
+    mask = (ids != 0).long()
+    batch = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
+    mean, cls = module("mean"), module("cls")
+    with torch.no_grad():
+        hidden, pooled = encoder(ids, batch["token_type_ids"], mask)
+        expected = torch.stack([hidden[0, :5].mean(0), hidden[1, :3].mean(0)])
+        torch.testing.assert_close(mean(batch), mean.head(expected))
+        torch.testing.assert_close(cls(batch), cls.head(pooled))
+        other_padding = {**batch, "input_ids": ids.masked_fill(mask == 0, 7)}
+        torch.testing.assert_close(mean(other_padding), mean(batch), rtol=0, atol=1e-6)
+        short = {k: v[1:, :3] for k, v in batch.items()}  # the second row without its padding
+        torch.testing.assert_close(mean(short)[0], mean(batch)[1], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="pooling='max' is unknown"):
+        from pretrain.finetune import FinetuneConfig
+
+        FinetuneConfig(model_path="m", pooling="max")
