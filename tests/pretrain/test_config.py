@@ -161,13 +161,16 @@ def test_two_phase_presets_follow_the_recipe(size):
 
 def test_cpu_budget_phases_chain_and_fit_the_hour():
     """Short sequences first (the lever that leaves the unigram plateau), then full length from
-    phase 1's weights; same model in both, and the two budgets within the issue's 60 minutes."""
-    one, two = load("experiment=cpu_budget_phase1"), load("experiment=cpu_budget_phase2")
+    phase 1's weights, then the tasks' unlabelled text from phase 2's; the same model throughout,
+    and the three budgets within the issue's 60 minutes."""
+    one, two, three = (load(f"experiment=cpu_budget_phase{i}") for i in (1, 2, 3))
     assert one.data.dir.endswith("seq32") and two.data.dir.endswith("seq128")
-    assert one.init_from is None and two.init_from == one.run_dir
-    assert one.model == two.model
+    assert three.data.dir.endswith("task_text-seq64")
+    assert one.init_from is None and two.init_from == one.run_dir and three.init_from == two.run_dir
+    assert one.model == two.model == three.model
     assert one.model.norm_position == "pre" and one.model.hidden_dropout == 0.0
-    # The same token slots per step in both phases: 256 × 32 = 64 × 128.
-    assert one.data.global_batch_size * 32 == two.data.global_batch_size * 128
-    assert one.data.val_mlm_probability == two.data.val_mlm_probability == 0.15
-    assert one.trainer.max_time_minutes + two.trainer.max_time_minutes <= 60
+    # The same token slots per step in every phase: 256 × 32 = 64 × 128 = 128 × 64.
+    slots = {p.data.global_batch_size * n for p, n in ((one, 32), (two, 128), (three, 64))}
+    assert slots == {8192}
+    assert {p.data.val_mlm_probability for p in (one, two, three)} == {0.15}
+    assert sum(p.trainer.max_time_minutes for p in (one, two, three)) <= 60
