@@ -108,13 +108,32 @@ def run_one(
     return {**result, "row": row}
 
 
+def majority_accuracy(predictions: str | Path) -> float | None:
+    """Accuracy of always answering the test split's most frequent label (from a run's
+    `test_predictions.jsonl`); None for token tasks or a missing file. Printed beside accuracy
+    rows: an arm at this value has learned nothing (it answers one class)."""
+    try:
+        lines = Path(predictions).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    labels = [json.loads(line).get("label") for line in lines if line.strip()]
+    if not labels or any(not isinstance(label, str) for label in labels):
+        return None
+    return max(labels.count(label) for label in set(labels)) / len(labels)
+
+
 def summarize(results: list[dict]) -> dict:
-    """`{task: {"metric", "pretrained": [..], "random": [..]}}` of test scores, in seed order."""
+    """`{task: {"metric", "pretrained": [..], "random": [..]}}` of test scores, in seed order;
+    accuracy rows also get `"majority"`, the score of a constant majority-class answer."""
     table: dict[str, dict] = {}
     for r in results:
         key = r.get("row", r["task"])
         row = table.setdefault(key, {"metric": r["metric"], **{i: [] for i in INITS}})
         row[r["init"]].append(r["test"][r["metric"]])
+        if r["metric"] == "accuracy" and "majority" not in row and r.get("predictions"):
+            majority = majority_accuracy(r["predictions"])
+            if majority is not None:
+                row["majority"] = majority
     return table
 
 
@@ -128,16 +147,17 @@ def _mean_sd(values: list[float]) -> str:
 def format_table(table: dict, seeds: list[int]) -> str:
     lines = [
         f"| task | test metric | pretrained (mean ± sd, {len(seeds)} seeds) | random init | "
-        "per seed: pretrained / random |",
-        "|---|---|---|---|---|",
+        "per seed: pretrained / random | majority class |",
+        "|---|---|---|---|---|---|",
     ]
     for task, row in table.items():
         per_seed = ", ".join(
             f"{p:.3f} / {r:.3f}" for p, r in zip(row["pretrained"], row["random"], strict=False)
         )
+        majority = f"{row['majority']:.4f}" if "majority" in row else "-"
         lines.append(
             f"| {task} | {row['metric']} | {_mean_sd(row['pretrained'])} | "
-            f"{_mean_sd(row['random'])} | {per_seed} |"
+            f"{_mean_sd(row['random'])} | {per_seed} | {majority} |"
         )
     return "\n".join(lines)
 

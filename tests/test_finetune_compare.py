@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from pretrain.finetune_compare import (
     FINGERPRINT_FILE,
     finished_earlier,
     format_table,
+    majority_accuracy,
     model_fingerprint,
     summarize,
 )
@@ -29,9 +31,32 @@ def test_summary_table_means_each_init_over_seeds():
     }
     text = format_table(table, [1, 2])
     assert (
-        "| rt | accuracy | 0.7500 ± 0.0707 | 0.6100 ± 0.0141 | 0.700 / 0.600, 0.800 / 0.620 |"
+        "| rt | accuracy | 0.7500 ± 0.0707 | 0.6100 ± 0.0141 | 0.700 / 0.600, 0.800 / 0.620 | - |"
         in text
     )
+
+
+def test_accuracy_rows_show_the_majority_class_score(tmp_path):
+    """An arm that answers one class scores the majority share: the table prints it beside."""
+    seq = tmp_path / "seq.jsonl"
+    seq.write_text(
+        "".join(json.dumps({"text": t, "label": y, "prediction": "a"}) + "\n"
+                for t, y in [("x", "a"), ("y", "b"), ("z", "a"), ("w", "a")])
+    )  # fmt: skip
+    tok = tmp_path / "tok.jsonl"
+    tok.write_text(json.dumps({"tokens": ["x"], "tags": ["O"], "predictions": ["O"]}) + "\n")
+    runs = [
+        {"task": "rt", "metric": "accuracy", "init": i, "seed": 1, "test": {"accuracy": 0.75},
+         "predictions": str(seq)} for i in ("pretrained", "random")
+    ] + [
+        {"task": "ner", "metric": "f1", "init": i, "seed": 1, "test": {"f1": 0.2},
+         "predictions": str(tok)} for i in ("pretrained", "random")
+    ]  # fmt: skip
+    table = summarize(runs)
+    assert table["rt"]["majority"] == 0.75 and "majority" not in table["ner"]
+    text = format_table(table, [1])
+    assert "| 0.750 / 0.750 | 0.7500 |" in text and "| 0.200 / 0.200 | - |" in text
+    assert majority_accuracy(tmp_path / "missing.jsonl") is None
 
 
 def test_a_finished_run_is_reused_only_for_the_same_config_and_model(tmp_path):
