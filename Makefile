@@ -7,7 +7,7 @@ WORK ?= work
 STAMP := $(WORK)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo demo-full finetune-demo tokenizer prep pretrain test test-fast bench bench-loader lint format clean
+.PHONY: help install demo demo-full finetune-demo tokenizer prep pretrain test test-fast bench gpu-check bench-loader lint format clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ BENCH_BF16_ARGS ?= --models bert-mini bert-small --precisions bf16 --batch 4 --r
 bench: install ## Training tokens/s, ours vs Hugging Face, interleaved (docs/BENCHMARKS.md)
 	$(PYTHON) bench/throughput.py $(BENCH_ARGS)
 	@if [ -n "$(BENCH_BF16_ARGS)" ]; then $(PYTHON) bench/throughput.py $(BENCH_BF16_ARGS); fi
+
+gpu-check: install ## On a CUDA machine: the GPU tests, then bert-base/large bf16 benchmarks (bench/gpu.sh)
+	bash bench/gpu.sh $(WORK)/gpu
 
 bench-loader: install ## Data loader vs training step rate, bert-prep vs datasets.map (demo data)
 	$(PYTHON) bench/loader.py

@@ -9,6 +9,8 @@ from dataclasses import asdict
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 
 from pretrain.config import OptimConfig, ScheduleConfig
 from pretrain.model import BertConfig, BertForPreTraining, pretraining_loss
@@ -139,6 +141,20 @@ class BertPretrainingModule(L.LightningModule):
             "val/mlm_acc_baseline": counts.max() / s["mlm_count"],
         }
         self.log_dict({k: v.float() for k, v in metrics.items()}, sync_dist=False)
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            # bf16 autocast has no loss scale: the gradients are already true gradients, but
+            # Lightning refuses to clip whenever the optimizer could unscale inside its step
+            # (torch's fused AdamW, our default), which would crash every bf16-mixed run without
+            # DeepSpeed. Clip exactly as Lightning's base precision does.
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
         optim_cfg = self.optim_cfg

@@ -110,6 +110,29 @@ def test_validation_interval_counts_optimizer_steps_under_accumulation(
     assert steps == {2, 5, 6}, steps
 
 
+def test_bf16_mixed_clips_gradients_with_the_default_fused_adamw(
+    prepared_english, tmp_path, app_env
+):
+    """The config's defaults (bf16-mixed, fused AdamW, clipping at 1.0) without DeepSpeed: Lightning
+    refuses to clip for a fused optimizer under autocast; we clip as its base precision does.
+    A small clip value makes clipping bind, so the runs show it is applied, and applied alike."""
+    common = ("trainer.precision=bf16-mixed", "trainer.max_steps=6", "trainer.val_check_interval=6",
+              "optim.lr=2e-3", "model.hidden_dropout=0", "model.attention_dropout=0")  # fmt: skip
+    runs = {
+        "fused": ("optim.implementation=fused", "trainer.gradient_clip_val=0.05"),
+        "foreach": ("optim.implementation=foreach", "trainer.gradient_clip_val=0.05"),
+        "unclipped": ("optim.implementation=fused", "trainer.gradient_clip_val=null"),
+    }
+    losses = {}
+    for name, overrides in runs.items():
+        pretrain(app_env, tmp_path, prepared_english, f"name={name}", *common, *overrides)
+        losses[name] = train_losses(tmp_path / "runs" / name)
+    assert len(losses["fused"]) == 6
+    for step, loss in losses["fused"].items():
+        assert abs(loss - losses["foreach"][step]) < 1e-3 * loss, (step, losses)
+    assert max(abs(losses["fused"][s] - losses["unclipped"][s]) for s in losses["fused"]) > 1e-2
+
+
 def test_corrupt_checkpoint_is_refused_with_its_name(prepared_english, tmp_path, app_env):
     ckpt = tmp_path / "runs" / "broken" / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
