@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one go (never part of CI): the CUDA tests, then bench/throughput.py for
+# The GPU checks in one go (never part of CI): the CUDA tests (tests/gpu), then bench/throughput.py for
 # bert-base at seq 128 and 512 in bf16 (ours, ours + torch.compile, Hugging Face), then bert-large
 # at 128. Logs go to $1 (default work/gpu). The results of a run are in docs/BENCHMARKS.md.
 #   bash bench/gpu.sh [LOG_DIR]

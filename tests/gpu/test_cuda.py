@@ -15,6 +15,8 @@ change (those move the loss by more than 1e-2 within a step or two).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -144,3 +146,25 @@ def test_pretraining_on_one_gpu_learns_and_resumes(strategy, prepared_english, t
     assert_same_trajectory(whole, cut)
     steps = sorted(whole)
     assert sum(whole[s] for s in steps[-4:]) < sum(whole[s] for s in steps[:4]) - 0.4
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        # fp16 with loss scaling and clipping: the fused AdamW gives way to foreach (Lightning
+        # cannot clip a fused optimizer's scaled gradients), the same math.
+        ("trainer.precision=16-mixed",),
+        ("trainer.precision=bf16-mixed", "trainer.compile=true"),
+        ("trainer.precision=bf16-true",),
+    ],
+    ids=["fp16-mixed", "bf16-compile", "bf16-true"],
+)
+def test_other_gpu_precisions_and_compile_train(overrides, prepared_english, tmp_path, app_env):
+    pretrain(app_env, tmp_path, prepared_english, "name=p", "trainer.accelerator=gpu",
+             "trainer.devices=1", "trainer.max_steps=12", "trainer.val_check_interval=12",
+             "optim.lr=2e-3", *overrides)  # fmt: skip
+    losses = train_losses(tmp_path / "runs" / "p")
+    steps = sorted(losses)
+    assert len(steps) == 12 and all(math.isfinite(v) for v in losses.values())
+    assert sum(losses[s] for s in steps[-3:]) < sum(losses[s] for s in steps[:3]) - 0.3
