@@ -1,5 +1,6 @@
 """On a CUDA GPU: numerics against Hugging Face, the fused/sparse paths under bf16 autocast, and
-`bert-pretrain` end to end (bf16-mixed and DeepSpeed ZeRO-2 on one GPU, with resume).
+`bert-pretrain` end to end (bf16-mixed and DeepSpeed ZeRO-2 on one GPU with resume; fp16-mixed,
+bf16-true and `trainer.compile=true`).
 
 Never run in CI (no GPU there); skipped without CUDA. On a GPU machine:
 
