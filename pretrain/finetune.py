@@ -187,6 +187,10 @@ class FinetuneConfig:
     """What a sequence head reads: `cls`, BERT's pooler output (tanh of a linear map of the
     [CLS] state, trained by NSP), or `mean`, the average of the last hidden states over the
     tokens (as Sentence-BERT); token tasks read every hidden state either way."""
+    reinit_pooler: bool = False
+    """Start the `[CLS]` pooler from BERT's random init (seeded by `seed`) instead of its NSP-trained
+    weights, as Zhang et al. (2021, "Revisiting few-sample BERT fine-tuning") do for small data;
+    a randomly initialized model is unaffected. Measured effect: docs/RESULTS.md."""
     patience: int = 2
     """Early stopping: epochs without a better dev metric before stopping."""
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -446,6 +450,12 @@ def build_encoder(cfg: FinetuneConfig) -> tuple[BertModel, BertConfig, Path, str
         rebuilt = BertForPreTraining(config)
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
+    if cfg.reinit_pooler and cfg.init == "pretrained":
+        generator = torch.Generator().manual_seed(cfg.seed)
+        with torch.no_grad():  # BERT's init: N(0, initializer_range) weight, zero bias
+            weight = model.bert.pooler.weight
+            weight.copy_(torch.randn(weight.shape, generator=generator) * config.initializer_range)
+            model.bert.pooler.bias.zero_()
     tokenizer_dir = Path(cfg.tokenizer_dir) if cfg.tokenizer_dir else Path(pretrained.tokenizer_dir)
     model.bert.train()  # a loaded model may come in eval mode; Lightning keeps submodules' modes
     return (

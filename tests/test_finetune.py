@@ -259,6 +259,41 @@ def test_encoder_dropout_can_be_switched_back_on_for_fine_tuning(prepared_englis
         FinetuneConfig(model_path=str(path), hidden_dropout=1.0)
 
 
+def test_reinit_pooler_restarts_only_the_pooler_and_only_for_a_pretrained_model(
+    prepared_english, tmp_path
+):
+    from pretrain.finetune import FinetuneConfig, build_encoder
+
+    torch.manual_seed(0)
+    cfg = preset("bert-tiny", vocab_size=1000, max_position_embeddings=64)
+    source = BertForPreTraining(cfg)
+    with torch.no_grad():
+        source.bert.pooler.weight.fill_(0.5)  # far from any fresh init
+        source.bert.pooler.bias.fill_(0.5)
+    path = export_hf(
+        Pretrained(source, cfg, prepared_english / "tokenizer", source=Path("x")),
+        tmp_path / "model",
+    )
+    kept, _, _, _ = build_encoder(FinetuneConfig(model_path=str(path)))
+    fresh, _, _, _ = build_encoder(FinetuneConfig(model_path=str(path), reinit_pooler=True))
+    again, _, _, _ = build_encoder(FinetuneConfig(model_path=str(path), reinit_pooler=True))
+    assert torch.all(kept.pooler.weight == 0.5)
+    assert torch.all(fresh.pooler.bias == 0) and torch.equal(
+        fresh.pooler.weight, again.pooler.weight
+    )
+    assert abs(fresh.pooler.weight.std().item() - cfg.initializer_range) < 0.002
+    for (name, p), q in zip(kept.named_parameters(), fresh.parameters(), strict=True):
+        if not name.startswith("pooler."):
+            assert torch.equal(p, q), name
+    # A random init is the same model with or without the flag (same seed).
+    rand = FinetuneConfig(model_path=str(path), init="random")
+    a, _, _, _ = build_encoder(rand)
+    b, _, _, _ = build_encoder(
+        FinetuneConfig(model_path=str(path), init="random", reinit_pooler=True)
+    )
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
 def test_mean_pooling_averages_the_real_tokens_only():
     """pooling=mean: the head reads the mean of the last hidden states over attention_mask, so
     padding (any ids, any length) does not change a sequence's logits; pooling=cls reads the
