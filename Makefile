@@ -32,7 +32,7 @@ pretrain: prep ## Pretrain the demo bert-tiny on the CPU and print the summary
 
 demo: pretrain ## The whole pipeline on a real corpus, on the CPU (~15 minutes on 2 cores)
 
-demo-full: prep ## The learning-quality recipe: 23 + 23 + 8 min three-phase pretraining, then pretrained vs random init downstream (~72 min)
+demo-full: prep ## The learning-quality recipe: 22 + 22 + 8 min three-phase pretraining, then pretrained vs random init downstream (~73 min)
 	$(PYTHON) -m data_prep.build work_dir=$(WORK) max_seq_length=32
 	$(PYTHON) -m data_prep.build work_dir=$(WORK) corpus=task_text tokenizer_dir=$(WORK)/tokenizers/demo max_seq_length=64 dupe_factor=10
 	$(PYTHON) -m pretrain.train experiment=cpu_budget_phase1 work_dir=$(WORK)
