@@ -49,35 +49,36 @@ def hf_twin(ours: BertForPreTraining, cfg):
     return hf
 
 
-def test_parity_with_transformers_on_cuda_fp32_and_bf16():
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def both_logits(ours, hf, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ours MLM, HF MLM, ours NSP, HF NSP) logits on batch `b`."""
+    o = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"])
+    h = hf(
+        input_ids=b["input_ids"],
+        token_type_ids=b["token_type_ids"],
+        attention_mask=b["attention_mask"],
+    )
+    return o.mlm_logits, h.prediction_logits, o.nsp_logits, h.seq_relationship_logits
+
+
+def test_parity_with_transformers_on_cuda_fp32_and_bf16(monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     cfg = tiny(sparse_mlm=False)
     ours = BertForPreTraining(cfg).eval().cuda()
     hf = hf_twin(ours, cfg).eval().cuda()
     b = {k: v.cuda() for k, v in batch().items()}
     real = b["attention_mask"].bool()
     with torch.no_grad():
-        o = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-        h = hf(
-            input_ids=b["input_ids"],
-            token_type_ids=b["token_type_ids"],
-            attention_mask=b["attention_mask"],
-        )
-        torch.testing.assert_close(o.mlm_logits[real], h.prediction_logits[real], rtol=0, atol=1e-4)
-        torch.testing.assert_close(o.nsp_logits, h.seq_relationship_logits, rtol=0, atol=1e-4)
+        ours_mlm, hf_mlm, ours_nsp, hf_nsp = both_logits(ours, hf, b)
+        torch.testing.assert_close(ours_mlm[real], hf_mlm[real], rtol=0, atol=1e-4)
+        torch.testing.assert_close(ours_nsp, hf_nsp, rtol=0, atol=1e-4)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            ob = ours(b["input_ids"], b["token_type_ids"], b["attention_mask"])
-            hb = hf(
-                input_ids=b["input_ids"],
-                token_type_ids=b["token_type_ids"],
-                attention_mask=b["attention_mask"],
-            )
+            ours_bf16, hf_bf16, _, _ = both_logits(ours, hf, b)
     # bf16 against the fp32 reference: both models round alike, within a few bf16 ulps of the
     # logits' scale (|logit| ~ 1-5 here, ulp at 4 is 2^-5).
-    ref = o.mlm_logits[real]
-    err_ours = (ob.mlm_logits[real].float() - ref).abs().max().item()
-    err_hf = (hb.prediction_logits[real].float() - ref).abs().max().item()
+    ref = ours_mlm[real]
+    err_ours = (ours_bf16[real].float() - ref).abs().max().item()
+    err_hf = (hf_bf16[real].float() - ref).abs().max().item()
     assert err_ours < 0.1 and err_ours <= 2 * err_hf + 1e-2, (err_ours, err_hf)
 
 
@@ -92,12 +93,12 @@ def loss_and_grads(model, b, bf16: bool):
     return loss.item(), {n: p.grad.float().clone() for n, p in model.named_parameters()}
 
 
-def test_sparse_mlm_and_fused_qkv_are_as_accurate_as_the_plain_model_under_bf16():
+def test_sparse_mlm_and_fused_qkv_are_as_accurate_as_the_plain_model_under_bf16(monkeypatch):
     """Under bf16 autocast both paths round (one matmul vs three, masked rows gathered before the
     decoder vs after), so neither equals the fp32 gradients. The fast path must be as close to
     the fp32 reference as the plain path is, parameter by parameter (at this tiny model's init the
     relative bf16 error of some gradients is large for both; on the CPU the worst ratio was 1.17)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
     plain = BertForPreTraining(tiny(sparse_mlm=False, fused_qkv=False)).cuda()
     fast = BertForPreTraining(tiny(sparse_mlm=True, fused_qkv=True)).cuda()
