@@ -2,9 +2,11 @@
 
 Writes the prepared data directory of docs/ARCHITECTURE.md (`train/`, `validation/`,
 `dataset_dict.json`, `tokenizer/`, `manifest.json`) into a temporary sibling and renames it into
-place when complete. A finished directory whose manifest records the same config, tokenizer and
-inputs is reused; `force=true` rebuilds. With `num_slices` the work is split across processes
-(SLURM array tasks): see data_prep/slices.py.
+place when complete; manifest.json also records the size and sha256 of every Arrow shard (`files`),
+which `bert-pretrain` checks before training. A finished directory whose manifest records the same
+config, tokenizer and inputs is reused; `force=true` rebuilds. With `num_slices` the work is split
+across processes (SLURM array tasks): see data_prep/slices.py. Leftovers of a killed earlier run
+beside the output are removed first (`files.clean_leftovers`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from data_prep.config import CONF_DIR, PrepAppConfig, as_dict, corpus_identity, to_object
-from data_prep.files import atomic_directory, read_json, sha256_file, write_json
+from data_prep.files import (
+    atomic_directory,
+    clean_leftovers,
+    read_json,
+    sha256_file,
+    write_json,
+)
 from data_prep.tokenizer import diff_keys, load_tokenizer_dir, special_token_ids
 from pretrain.errors import UserError, exit_on_user_error
 
@@ -282,6 +290,7 @@ def build(cfg: PrepAppConfig | DictConfig) -> Path:
     With `num_slices`, tokenize one slice (`slice_index`) or merge the finished slices instead
     (data_prep/slices.py); a merge returns the same directory a build without slices does."""
     cfg = to_object(cfg, PrepAppConfig)
+    clean_leftovers(cfg.output_dir)
     if cfg.num_slices is not None:
         from data_prep.slices import build_slice, merge_slices
 
@@ -355,10 +364,12 @@ def write_prepared(req: Request, ids, sources: list[dict[str, Any]]) -> tuple[di
 
     split_stats: dict[str, dict[str, Any]] = {}
     splits = {}
+    document_tokens = {}
     for name, indices in zip(SPLITS, (train_idx, val_idx), strict=True):
         docs = to_documents(ids, indices)
         if docs.num_documents == 0:
             raise UserError(f"the {name} split has no text left after tokenization; add text")
+        document_tokens[name] = int(docs.tokens.size)
         spans = make_pair_spans(
             docs,
             max_seq_length=cfg.max_seq_length,
@@ -380,6 +391,7 @@ def write_prepared(req: Request, ids, sources: list[dict[str, Any]]) -> tuple[di
             "num_single_sentence_documents": int((docs.sentences_per_document() == 1).sum()),
             "num_sentences": docs.num_sentences,
         }
+    warn_lopsided_split(cfg.validation_fraction, document_tokens, len(val_idx))
     manifest = {
         "format_version": FORMAT_VERSION,
         "max_seq_length": cfg.max_seq_length,
@@ -412,8 +424,40 @@ def write_prepared(req: Request, ids, sources: list[dict[str, Any]]) -> tuple[di
             if was_enabled:
                 datasets.enable_progress_bars()
         shutil.copytree(req.tokenizer_dir, tmp / "tokenizer")
+        manifest["files"] = shard_checksums(tmp)
         write_json(tmp / MANIFEST, manifest)
     return split_stats, time.perf_counter() - start
+
+
+def shard_checksums(out: Path) -> dict[str, dict[str, Any]]:
+    """manifest.json's `files`: size and sha256 of every Arrow shard of the splits, keyed by path
+    relative to the prepared directory (`train/data-00000-of-00001.arrow`); `bert-pretrain` checks
+    them before training (pretrain/data_verify.py). Only the shards: the splits' `state.json`
+    holds a random fingerprint, so recording it would make equal builds differ."""
+    return {
+        f"{split}/{path.name}": {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        for split in SPLITS
+        for path in sorted((out / split).glob("*.arrow"))
+    }
+
+
+def warn_lopsided_split(
+    validation_fraction: float, tokens: dict[str, int], num_validation_documents: int
+) -> None:
+    """Warn when the validation split got far more of the text than validation_fraction asks: the
+    split is by documents, so one huge document drawn for validation takes its whole size there
+    (and away from training)."""
+    total = tokens["train"] + tokens["validation"]
+    share = tokens["validation"] / max(1, total)
+    if tokens["validation"] > tokens["train"] or share > 5 * validation_fraction:
+        print(
+            f"warning: the validation split holds {tokens['validation']:,} of the {total:,} "
+            f"tokens ({share:.0%}; validation_fraction={validation_fraction}) in "
+            f"{num_validation_documents} document(s), leaving {tokens['train']:,} to train on: "
+            "a large document went to validation; split big documents into several (a blank line "
+            "starts a new document in .txt files) or change validation_fraction or seed",
+            flush=True,
+        )
 
 
 def print_summary(out: Path, num_bytes: int, stats: dict, seconds: float, timing: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from pretrain.config_keys import check_known_keys
 from pretrain.errors import UserError
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -260,6 +261,8 @@ def to_object(cfg: Any, schema: type[C]) -> C:
         cfg = OmegaConf.create(cfg)
     if not isinstance(cfg, DictConfig):
         raise TypeError(f"expected a DictConfig or {schema.__name__}, got {type(cfg).__name__}")
+    # Before the merge: OmegaConf.to_object would drop a `+key=value` the schema lacks.
+    check_known_keys(cfg, schema)
     merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
     obj = OmegaConf.to_object(merged)
     assert isinstance(obj, schema)

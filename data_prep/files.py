@@ -1,4 +1,5 @@
-"""File helpers: hashing, JSON, and directories that appear complete or not at all."""
+"""File helpers: hashing, JSON, and directories that appear complete or not at all (with the
+clean-up of what a killed writer of such a directory left beside it)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +38,67 @@ def remove_tree(path: str | Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _host() -> str:
+    # Part of a temporary's name: file-name-safe, and no "-" so the name parses back.
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OverflowError:  # not a pid this system can have
+        return False
+    return True
+
+
+def clean_leftovers(final: str | Path) -> list[Path]:
+    """Remove the temporaries of `atomic_directory(final)` left by writers that were killed.
+
+    A `.NAME.tmp-…` / `.NAME.old-…` sibling of `final` is a leftover when the process named in it
+    no longer runs on this host; temporaries of live processes, and of other hosts (a shared file
+    system: their processes cannot be checked from here), are left alone. An `.old-…` directory
+    is the previous finished `final`, moved aside just before the new one was renamed into place:
+    when the kill came between the two renames (`final` missing), it is renamed back instead of
+    deleted. Prints one line naming what was done; returns the paths removed.
+    """
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    pattern = re.compile(
+        rf"\.{re.escape(final.name)}\.(tmp|old)-(\d+)-[0-9a-f]{{8}}(?:-([A-Za-z0-9._]+))?"
+    )
+    host = _host()
+    stale = []
+    for path in final.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        # No host in the name: written before names had one; judged by its pid alone.
+        if match and match[3] in (None, host) and not _process_alive(int(match[2])):
+            stale.append((match[1], path))
+    if not stale:
+        return []
+    done = []
+    olds = sorted((p for kind, p in stale if kind == "old"), key=lambda p: p.stat().st_mtime)
+    if olds and not final.exists():
+        restored = olds.pop()
+        restored.rename(final)
+        done.append(f"restored {final} from {restored.name}")
+    removed = [p for kind, p in stale if kind == "tmp"] + olds
+    for path in removed:
+        remove_tree(path)
+    if removed:
+        names = ", ".join(sorted(p.name for p in removed))
+        done.append(f"removed {names} in {final.parent}")
+    print(
+        f"cleaned up after an interrupted earlier run (its process is gone): {'; '.join(done)}",
+        flush=True,
+    )
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
     """Yield an empty temporary sibling of `final`; on success it replaces `final`, else is removed.
@@ -44,7 +108,9 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    # The pid and host let a later run tell a killed writer's leftovers (`clean_leftovers`) from
+    # a live writer's temporaries.
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}-{_host()}"
     tmp = final.parent / f".{final.name}.tmp-{tag}"
     tmp.mkdir()
     try:

@@ -15,7 +15,8 @@ on it: the output equals `bert-prep` without slices, pair for pair, and only man
 Slices, like the output, appear complete or not at all (`atomic_directory`) and are reused when a
 task runs again with the same config, tokenizer and corpus (a requeued or resubmitted array job
 redoes only what is missing); a slice task finds nothing to do once the merged output exists. The
-merge removes `slices_dir` when the output is in place.
+merge removes `slices_dir` when the output is in place. Like a single build, the merge records the
+size and sha256 of every Arrow shard in manifest.json's `files` (`build.shard_checksums`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from data_prep.build import (
     write_prepared,
 )
 from data_prep.config import PrepAppConfig
-from data_prep.files import atomic_directory, read_json, remove_tree, write_json
+from data_prep.files import atomic_directory, clean_leftovers, read_json, remove_tree, write_json
 from pretrain.errors import UserError
 
 FORMAT_VERSION = 1
@@ -87,6 +88,7 @@ def build_slice(cfg: PrepAppConfig) -> Path:
     if req.finished():  # merged already (e.g. a requeued task): nothing left to do
         return Path(cfg.output_dir)
     index, path = cfg.slice_index, slice_dir(cfg, cfg.slice_index)
+    clean_leftovers(path)
     if not cfg.force and _slice_matches(path, req, index):
         print(f"reusing slice {path} (same config, tokenizer and corpus)", flush=True)
         return path

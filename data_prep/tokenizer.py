@@ -27,7 +27,7 @@ from tokenizers import (
 )
 
 from data_prep.config import CONF_DIR, TokenizerAppConfig, as_dict, corpus_identity, to_object
-from data_prep.files import atomic_directory, read_json, write_json
+from data_prep.files import atomic_directory, clean_leftovers, read_json, write_json
 from pretrain.errors import UserError, exit_on_user_error
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -109,6 +109,7 @@ def train_tokenizer(cfg: TokenizerAppConfig | DictConfig) -> Path:
     cfg = to_object(cfg, TokenizerAppConfig)
     out = Path(cfg.output_dir)
     record = recorded_config(cfg)
+    clean_leftovers(out)
     if out.exists() and not cfg.force:
         args_file = out / TRAINING_ARGS
         if not args_file.is_file():
@@ -156,7 +157,22 @@ def train_tokenizer(cfg: TokenizerAppConfig | DictConfig) -> Path:
         f"(reading {read_s:.1f} s) -> {out}",
         flush=True,
     )
+    warn_small_vocabulary(tok.get_vocab_size(), cfg, len(lines), corpus.num_bytes)
     return out
+
+
+def warn_small_vocabulary(size: int, cfg: TokenizerAppConfig, lines: int, num_bytes: int) -> None:
+    """Warn when training gave far fewer tokens than asked: WordPiece stops when no pair of
+    pieces occurs min_frequency times, so a small corpus yields a small vocabulary (and a model
+    sized for vocab_size wastes most of its embedding)."""
+    if size < cfg.vocab_size / 2:
+        print(
+            f"warning: the tokenizer has {size} tokens, far fewer than vocab_size="
+            f"{cfg.vocab_size}: the corpus is too small ({lines:,} lines, "
+            f"{num_bytes / 1e6:.2f} MB of text; min_frequency={cfg.min_frequency}); add text or "
+            "lower vocab_size",
+            flush=True,
+        )
 
 
 def canonicalize_ids(tok: Tokenizer) -> None:

@@ -15,9 +15,23 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from pretrain.errors import UserError
+from pretrain.integrity import (
+    CorruptCheckpointError,
+    check_deepspeed_files_loadable,
+    checksum_path,
+    disk_full_error,
+    is_disk_full,
+    load_weights_only,
+    older_checkpoints,
+    sha256_of,
+    tensor_bytes,
+    verify_checkpoint,
+    write_directory_checksums,
+    write_file_checksum,
+)
 
 LAST = "last.ckpt"
 PERIODIC = "step*.ckpt"
@@ -40,15 +54,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            digest = sha256_of(tmp)  # of the bytes on disk, read back
+            # The checksum goes first: a crash between the two renames leaves the previous
+            # checkpoint with a checksum that does not match it, reported as corrupt (and the
+            # periodic checkpoint offered), never a wrong file that passes.
+            write_file_checksum(path, digest)
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:
+            if is_disk_full(err):
+                raise disk_full_error(path.parent, tensor_bytes(checkpoint), path.name) from None
+            raise
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)  # make the rename itself durable
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        """Verified against its checksum, then read weights-only, whatever the caller asked."""
+        verify_resumable(Path(path))
+        return load_weights_only(Path(path))
 
     def remove_checkpoint(self, path) -> None:
         """Rename out of sight first, then delete: a crash while deleting a DeepSpeed directory
         leaves a dot-named temporary, not a checkpoint with shards missing."""
         path = Path(path)
+        checksum_path(path).unlink(missing_ok=True)
         if not path.exists():
             return
         doomed = path.with_name(f".{path.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -70,6 +99,50 @@ def unfinished_writes(checkpoint_dir: Path) -> list[Path]:
     return sorted(p for p in checkpoint_dir.iterdir() if is_unfinished_write(p))
 
 
+def _writer_pid(path: Path) -> int | None:
+    """The process id in a temporary's name (`.NAME.PID.tmp`, `.NAME.tmp-PID-TAG`,
+    `.NAME.old-PID-TAG`), or None."""
+    name = Path(path).name
+    for marker in (".tmp-", ".old-"):
+        if marker in name:
+            head = name.split(marker, 1)[1].split("-", 1)[0]
+            return int(head) if head.isdigit() else None
+    head = name[: -len(".tmp")].rsplit(".", 1)[-1] if name.endswith(".tmp") else ""
+    return int(head) if head.isdigit() else None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:  # not a real writer's pid (os.kill would address a process group)
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@rank_zero_only
+def remove_unfinished_writes(checkpoint_dir: Path) -> list[Path]:
+    """Delete temporaries left in `checkpoint_dir` by an interrupted launch (killed mid-save),
+    before this launch writes anything. A temporary whose writer process still runs on this
+    machine is kept (another launch is saving into the same run)."""
+    removed = []
+    for leftover in unfinished_writes(Path(checkpoint_dir)):
+        pid = _writer_pid(leftover)
+        if pid is not None and pid != os.getpid() and _process_alive(pid):
+            continue
+        _remove(leftover)
+        removed.append(leftover)
+    if removed:
+        rank_zero_info(
+            f"removed {len(removed)} unfinished checkpoint write(s) left in {checkpoint_dir} by "
+            f"an interrupted launch: {', '.join(p.name for p in removed)}"
+        )
+    return removed
+
+
 def save_directory_atomically(strategy, filepath, write: Callable[[Path], None]) -> None:
     """Write a checkpoint directory (DeepSpeed: one shard per rank) so that it appears complete or
     not at all.
@@ -85,9 +158,16 @@ def save_directory_atomically(strategy, filepath, write: Callable[[Path], None])
     final = Path(filepath)
     tag = strategy.broadcast(f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
     tmp = final.parent / f".{final.name}.tmp-{tag}"
-    write(tmp)
+    try:
+        write(tmp)
+    except (OSError, RuntimeError) as err:
+        if is_disk_full(err):
+            _remove(tmp)
+            raise disk_full_error(final.parent, None, final.name) from None
+        raise
     strategy.barrier("checkpoint written")
     if strategy.is_global_zero:
+        write_directory_checksums(tmp)
         _fsync_tree(tmp)
         old = None
         if final.exists():
@@ -139,7 +219,7 @@ def find_resume_checkpoint(resume: str, checkpoint_dir: Path) -> Path | None:
         if leftovers:
             rank_zero_info(
                 f"ignoring {len(leftovers)} unfinished checkpoint write(s) in {checkpoint_dir} "
-                f"(left by an interrupted save; deleted by the next save of the same name): "
+                f"(their writer process still runs: is another launch using this run?): "
                 f"{', '.join(p.name for p in leftovers)}"
             )
         last = checkpoint_dir / LAST
@@ -180,6 +260,7 @@ def validate_checkpoint(
             f"checkpoint {path} is the temporary of an interrupted save, not a finished "
             f"checkpoint; pass resume=<a checkpoint without the leading dot> or resume=never"
         )
+    verify_resumable(path)
     if is_deepspeed_checkpoint(path):
         if zero_stage is None:
             raise UserError(
@@ -217,14 +298,28 @@ def validate_checkpoint(
     return int(ckpt["global_step"])
 
 
-def _load(file: Path, checkpoint: Path) -> dict:
+def verify_resumable(path: Path) -> None:
+    """`verify_checkpoint`, with the way out in the message: an older checkpoint of the run."""
     try:
-        return torch.load(file, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # truncated zip, wrong format, ...: all mean "unusable"
-        raise UserError(
-            f"checkpoint {checkpoint} is corrupt or partial ({file.name}: {type(err).__name__}: "
-            f"{err}); delete it to start over, or pass resume=<an older checkpoint>"
-        ) from None
+        verify_checkpoint(path)
+    except CorruptCheckpointError as err:
+        older = older_checkpoints(path)
+        fix = (
+            f"resume from an older checkpoint: resume={older[0]}"
+            if older
+            else "no older checkpoint is beside it: pass resume=never with a new name= to start over"
+        )
+        raise CorruptCheckpointError(f"{err}; {fix} (nothing was written)") from None
+
+
+def _load(file: Path, checkpoint: Path, deepspeed: bool = False) -> dict:
+    """Weights-only read of a checkpoint file; errors name `checkpoint` (what the user gave)."""
+    try:
+        return load_weights_only(file, checkpoint, deepspeed=deepspeed)
+    except CorruptCheckpointError as err:
+        older = older_checkpoints(checkpoint)
+        fix = f"resume={older[0]}" if older else "resume=never with a new name="
+        raise CorruptCheckpointError(f"{err}; pass {fix}") from None
 
 
 def deepspeed_shard_files(tag_dir: Path, world_size: int, ds_config: dict) -> list[Path]:
@@ -269,7 +364,7 @@ def _read_deepspeed_checkpoint(path: Path, world_size: int | None, zero_stage: i
             f"checkpoint {path} is incomplete: no model states of rank 0 in {tag_dir}; pass "
             f"resume=<an older checkpoint> or resume=never"
         )
-    ckpt = _load(rank0, path)
+    ckpt = _load(rank0, path, deepspeed=True)
     saved_world = ckpt.get("dp_world_size")
     ds_config = ckpt.get("ds_config") or {}
     saved_stage = ds_config.get("zero_optimization", {}).get("stage", 0)
@@ -288,6 +383,8 @@ def _read_deepspeed_checkpoint(path: Path, world_size: int | None, zero_stage: i
             f"{saved_world}-process ZeRO-{saved_stage} checkpoint; copy every rank's files into "
             f"{tag_dir}, or pass resume=<an older checkpoint>"
         )
+    # DeepSpeed unpickles its shards itself, without torch's restrictions: vet each one first.
+    check_deepspeed_files_loadable(tag_dir, path)
     if world_size is not None and int(saved_world) != world_size:
         raise UserError(
             f"checkpoint {path} was written by {saved_world} processes but this launch has "

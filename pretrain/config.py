@@ -16,6 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from pretrain.config_keys import check_known_keys
 from pretrain.errors import UserError
 from pretrain.masking import MaskingConfig
 from pretrain.model import BertConfig
@@ -45,6 +46,10 @@ class DataConfig:
     val_mlm_probability: float | None = None
     """Masking rate of the held-out validation; None: the training rate. Pin it (e.g. 0.15, BERT's)
     to compare runs trained at different masking rates on the same held-out task."""
+    verify: bool = True
+    """Before training, check every shard against the sizes and sha256 that `bert-prep` recorded in
+    manifest.json, and its token ids against the vocabulary (`pretrain/data_verify.py`); a damaged
+    shard then fails at start, by name, instead of mid-run. About one read of the data."""
 
     def __post_init__(self) -> None:
         if self.val_mlm_probability is not None and not 0 < self.val_mlm_probability <= 1:
@@ -325,7 +330,11 @@ class PretrainConfig:
     work_dir: str = "work"
     """Root of tokenizers, data and runs (relative to the working directory)."""
     run_dir: str = "${work_dir}/runs/${name}"
-    """Checkpoints, logs, resolved config and summary of this run."""
+    """Checkpoints, logs, resolved config and summary of this run. Under a Hydra sweep (`-m`), each
+    job left at this default gets `${work_dir}/runs/${name}/<its overrides>` (Hydra's
+    override_dirname without name/work_dir/run_dir/resume/allow_run_dir_mismatch, made
+    path-safe), so jobs never resume each other and a re-run sweep resumes each job's own run
+    (`pretrain/run_dir.py:sweep_run_dir`). A run_dir you set is used as given."""
     seed: int = 1234
     """Seeds initialization, data order and masks."""
     resume: str = "auto"
@@ -335,8 +344,10 @@ class PretrainConfig:
     BERT directory, a bert-pretrain checkpoint or run directory. Its architecture must match
     `model.*` and its vocabulary the data's tokenizer. Ignored when resuming this run."""
     allow_run_dir_mismatch: bool = False
-    """Continue in a run directory whose saved config.yaml / data_manifest.json name another model
-    architecture, data or seed (normally refused: it is most likely another experiment's run)."""
+    """Continue in a run directory whose saved config.yaml / data_manifest.json say it was trained
+    differently: another model, data, seed, optimizer, schedule, masking, global batch, max_steps,
+    time budget, clipping or init_from (normally refused: it is most likely another experiment's
+    run; the list is in `pretrain/run_dir.py`). For deliberate changes, e.g. a longer max_steps."""
     model: BertConfig = field(default_factory=BertConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -379,6 +390,7 @@ def register_configs() -> None:
 
 def to_typed(cfg: DictConfig) -> PretrainConfig:
     """Composed DictConfig -> validated dataclasses; a bad value becomes a `UserError`."""
+    check_known_keys(cfg, PretrainConfig)  # to_object would drop a `+key=value` it lacks
     try:
         typed = OmegaConf.to_object(cfg)
     except ValueError as err:  # raised by a __post_init__, names the field

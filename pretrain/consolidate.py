@@ -6,10 +6,12 @@ The input is a checkpoint directory written by `bert-pretrain` under `strategy=d
 (every rank's shards present); the output is one file, readable without DeepSpeed or Lightning:
 
     {"state_dict": {...fp32 tensors...}, "model_config": {...BertConfig fields...},
-     "global_step": int, "source": str}
+     "global_step": int, "source": str, "run_dir": str}
 
-`load_consolidated(path)` rebuilds `pretrain.model.BertForPreTraining` from it (strict loading:
-no missing or unexpected keys).
+with `model.pt.sha256` beside it. Every tool that takes a checkpoint (`bert-export`,
+`bert-finetune model=`, `init_from=`) accepts the file; they also accept the DeepSpeed directory or
+its run directory directly and consolidate in memory (`consolidated_state`). `load_consolidated`
+rebuilds `pretrain.model.BertForPreTraining` from the file (strict: no missing or unexpected keys).
 """
 
 from __future__ import annotations
@@ -18,30 +20,36 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from pretrain.checkpointing import validate_checkpoint
+from pretrain.checkpointing import AtomicCheckpointIO, validate_checkpoint, verify_resumable
 from pretrain.errors import UserError
+from pretrain.integrity import (
+    load_weights_only,
+    use_cpu_accelerator_without_cuda,
+    verify_checkpoint,
+)
 from pretrain.model import BertConfig, BertForPreTraining
 
 MODULE_PREFIX = "model."  # the LightningModule's attribute holding BertForPreTraining
 
 
-def consolidate(checkpoint: Path, output: Path) -> dict:
-    """Gather the fp32 master weights of every rank's shard into one file; return what was saved."""
+def consolidated_state(checkpoint: Path) -> dict:
+    """The fp32 master weights of every rank's shard, gathered in memory on the CPU, with the
+    model config and the run the checkpoint belongs to (see the module docstring's layout)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise UserError(
             f"{checkpoint} is not a DeepSpeed checkpoint directory (a single-file checkpoint "
             f"already holds the whole model under 'state_dict')"
         )
-    # Completeness (every shard there) and identity; the stage is read from the checkpoint itself.
+    # Checksums, completeness (every shard there), weights-only vetting of every shard, identity;
+    # the stage is read from the checkpoint itself.
     meta = _metadata(checkpoint)
     step = validate_checkpoint(checkpoint, {}, world_size=None, zero_stage=meta["stage"])
     if meta["stage"] == 0:  # plain data parallel: rank 0 holds the whole (maybe half) model
         module = meta["module"]
         state = {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
     else:
+        use_cpu_accelerator_without_cuda()
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
@@ -52,15 +60,26 @@ def consolidate(checkpoint: Path, output: Path) -> dict:
     }
     if not model_state:
         raise UserError(f"checkpoint {checkpoint} holds no `{MODULE_PREFIX}*` weights")
-    result = {
+    return {
         "state_dict": model_state,
         "model_config": meta["model_config"],
         "global_step": step,
         "source": str(checkpoint),
+        # checkpoints/<name> of a run directory: its config.yaml names the tokenizer
+        "run_dir": str(checkpoint.resolve().parent.parent),
     }
+
+
+def consolidate(checkpoint: Path, output: Path, overwrite: bool = False) -> dict:
+    """Write `consolidated_state(checkpoint)` to `output` (atomically, with `output.sha256`)."""
     output = Path(output)
+    if output.is_dir() or (output.exists() and not overwrite):
+        raise UserError(
+            f"{output} already exists; give a new output file, or pass --overwrite to replace it"
+        )
+    result = consolidated_state(checkpoint)
     output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(result, output)
+    AtomicCheckpointIO().save_checkpoint(result, output)
     return result
 
 
@@ -78,7 +97,8 @@ def _metadata(checkpoint: Path) -> dict:
             f"{checkpoint} is not a complete DeepSpeed checkpoint (no `latest` tag or no rank-0 "
             f"model states)"
         )
-    state = torch.load(rank0, map_location="cpu", weights_only=False)
+    verify_resumable(checkpoint)
+    state = load_weights_only(rank0, checkpoint, deepspeed=True)
     hparams = state.get("hyper_parameters") or {}
     if "model" not in hparams:
         raise UserError(
@@ -90,7 +110,8 @@ def _metadata(checkpoint: Path) -> dict:
 
 def load_consolidated(path: Path) -> BertForPreTraining:
     """The model of a `bert-consolidate` output, loaded strictly, in eval mode."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    verify_checkpoint(path)
+    saved = load_weights_only(path)
     model = BertForPreTraining(BertConfig(**saved["model_config"]))
     model.load_state_dict(saved["state_dict"], strict=True)
     return model.eval()
@@ -104,9 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint directory, e.g. .../last.ckpt")
     parser.add_argument("output", type=Path, help="file to write, e.g. model.pt")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     args = parser.parse_args(argv)
     try:
-        result = consolidate(args.checkpoint, args.output)
+        result = consolidate(args.checkpoint, args.output, overwrite=args.overwrite)
         load_consolidated(args.output)  # proves the file is complete: strict load
     except UserError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

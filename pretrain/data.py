@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pretrain.data_verify import read_shard, rebuild_hint, verify_prepared
 from pretrain.errors import UserError
 from pretrain.masking import MaskingCollator, MaskingConfig, continuation_ids_from_vocab
 from pretrain.tokenizer_check import read_vocab
@@ -91,12 +92,20 @@ class PairDataset(Dataset):
 
     def __init__(self, path: Path):
         import datasets
+        import pyarrow as pa
 
         try:
             self.rows = datasets.load_from_disk(str(path))
         except FileNotFoundError as err:
             raise UserError(
                 f"{path} is missing or incomplete ({err}); re-run `bert-prep` with force=true"
+            ) from None
+        except (OSError, ValueError, pa.ArrowException) as err:  # a truncated or garbled shard
+            # pyarrow's message names no file: find the shard that fails to read and name it.
+            for shard in sorted(path.glob("*.arrow")):
+                read_shard(shard, path.parent)
+            raise UserError(
+                f"{path} cannot be loaded ({type(err).__name__}: {err}); {rebuild_hint(path.parent)}"
             ) from None
         missing = [c for c in COLUMNS if c not in self.rows.column_names]
         if missing:
@@ -146,13 +155,16 @@ class PretrainDataModule(L.LightningDataModule):
         masking: MaskingConfig,
         loader: LoaderSettings,
         val_mlm_probability: float | None = None,
+        verify: bool = True,
     ):
         super().__init__()
         self.data_dir = data_dir
         self.manifest = manifest
         self.loader = loader
+        self.verify = verify
         ids = manifest["special_token_ids"]
         vocab = read_vocab(tokenizer_dir)
+        self.vocab_size = len(vocab)
 
         def collator(masking: MaskingConfig) -> MaskingCollator:
             return MaskingCollator(
@@ -178,6 +190,10 @@ class PretrainDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if self.train_set is None:
+            if self.verify:  # on every process, before anything reads the data
+                verify_prepared(
+                    self.data_dir, self.manifest, self.vocab_size, notify=self._rank_world()[0] == 0
+                )
             self.train_set = PairDataset(self.data_dir / "train")
             self.val_set = PairDataset(self.data_dir / "validation")
 

@@ -12,7 +12,9 @@ and safetensors, so exporting works where only the training dependencies are ins
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -21,7 +23,9 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from pretrain.config_keys import check_known_keys
 from pretrain.errors import UserError, exit_on_user_error
+from pretrain.integrity import load_weights_only, verify_checkpoint
 from pretrain.model import BertConfig, BertForPreTraining, hf_config_kwargs, hf_state_dict_key_map
 from pretrain.tokenizer_check import tokenizer_sha256
 
@@ -100,24 +104,33 @@ def _tokenizer_dir_of_run(run_dir: Path) -> Path:
 
 
 def load_project_checkpoint(path: Path) -> Pretrained:
-    """A `bert-pretrain` checkpoint file (a run dir's `checkpoints/*.ckpt`)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated or foreign file: all mean "unusable"
-        raise UserError(
-            f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}: {err})"
-        ) from None
-    if "state_dict" not in ckpt or "model" not in ckpt.get("hyper_parameters", {}):
+    """A `bert-pretrain` checkpoint: a run directory's `checkpoints/*.ckpt` file, a DeepSpeed
+    checkpoint directory of the same name (consolidated in memory, on the CPU), or a
+    `bert-consolidate` output file. Verified against its checksums and read weights-only."""
+    from pretrain.consolidate import consolidated_state
+
+    path = Path(path)
+    if path.is_dir():
+        saved = consolidated_state(path)
+    else:
+        verify_checkpoint(path)
+        saved = load_weights_only(path)
+    if "model_config" in saved and "state_dict" in saved:  # consolidated (bert-consolidate)
+        model_cfg, state = saved["model_config"], saved["state_dict"]
+        run_dir = Path(saved.get("run_dir") or Path(saved["source"]).parent.parent)
+    elif "state_dict" in saved and "model" in saved.get("hyper_parameters", {}):
+        model_cfg = saved["hyper_parameters"]["model"]
+        state = {
+            k[len(MODULE_PREFIX) :]: v
+            for k, v in saved["state_dict"].items()
+            if k.startswith(MODULE_PREFIX)
+        }
+        run_dir = path.parent.parent
+    else:
         raise UserError(f"checkpoint {path} is not a bert-pretrain checkpoint (no model config)")
-    cfg = _config_from_hparams(ckpt["hyper_parameters"]["model"], path)
-    state = {
-        k[len(MODULE_PREFIX) :]: v
-        for k, v in ckpt["state_dict"].items()
-        if k.startswith(MODULE_PREFIX)
-    }
+    cfg = _config_from_hparams(model_cfg, path)
     model = BertForPreTraining(cfg)
     _load_strict(model, state, path)
-    run_dir = path.parent.parent
     return Pretrained(model.eval(), cfg, _tokenizer_dir_of_run(run_dir), path, run_dir)
 
 
@@ -178,7 +191,7 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
         return load_file(hf_dir / "model.safetensors")
     if (hf_dir / "pytorch_model.bin").is_file():
-        return torch.load(hf_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return load_weights_only(hf_dir / "pytorch_model.bin")
     raise UserError(f"{hf_dir} has neither model.safetensors nor pytorch_model.bin")
 
 
@@ -224,8 +237,42 @@ def load_pretrained(path: str | Path) -> Pretrained:
     return load_project_checkpoint(path)
 
 
-def export_hf(pretrained: Pretrained, output_dir: Path) -> Path:
-    """Write `pretrained` as a Hugging Face directory (atomically: a temporary sibling, renamed)."""
+EXPORT_FILES = frozenset({"config.json", "model.safetensors", "README.md", *TOKENIZER_FILES})
+"""Everything `export_hf` writes: a directory holding these files only is a previous export."""
+
+
+def is_export_dir(path: Path) -> bool:
+    """Whether `path` is a directory that `export_hf` wrote (and nothing else has been added)."""
+    names = {p.name for p in Path(path).iterdir()}
+    return {"config.json", "model.safetensors"} <= names and names <= EXPORT_FILES
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Refuse an output directory whose replacement would lose anything but an earlier export."""
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise UserError(f"output_dir={output_dir} is a file; give a directory path")
+    if not any(output_dir.iterdir()):
+        return  # an empty directory: nothing to lose
+    if not is_export_dir(output_dir):
+        others = sorted(p.name for p in output_dir.iterdir() if p.name not in EXPORT_FILES)
+        raise UserError(
+            f"output_dir={output_dir} is not empty and not an earlier export (it holds "
+            f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); give a new or empty "
+            f"directory: bert-export never replaces other files"
+        )
+    if not overwrite:
+        raise UserError(
+            f"output_dir={output_dir} holds an earlier export; pass overwrite=true to replace it, "
+            f"or give another output_dir"
+        )
+
+
+def export_hf(pretrained: Pretrained, output_dir: Path, overwrite: bool = False) -> Path:
+    """Write `pretrained` as a Hugging Face directory: into a temporary sibling, renamed into
+    place when complete. An existing `output_dir` is replaced only when it is empty or an earlier
+    export and `overwrite` is set (`check_output_dir`)."""
     from safetensors.torch import save_file
 
     if pretrained.config.norm_position != "post":
@@ -236,24 +283,40 @@ def export_hf(pretrained: Pretrained, output_dir: Path) -> Path:
             "model.norm_position=post to export"
         )
     output_dir = Path(output_dir)
-    tmp = output_dir.with_name(f".{output_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    check_output_dir(output_dir, overwrite)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp-{tag}")
     tmp.mkdir(parents=True)
-    key_map = hf_state_dict_key_map(pretrained.config)
-    state = pretrained.model.state_dict()
-    tensors = {
-        key_map[k]: v.detach().float().contiguous() for k, v in state.items() if k != TIED_KEY
-    }
-    save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-    (tmp / "config.json").write_text(json.dumps(hf_config_dict(pretrained.config), indent=2))
-    for name in TOKENIZER_FILES:
-        if (pretrained.tokenizer_dir / name).is_file():
-            shutil.copy2(pretrained.tokenizer_dir / name, tmp / name)
-    (tmp / "README.md").write_text(model_card(pretrained))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    tmp.rename(output_dir)
+    try:
+        key_map = hf_state_dict_key_map(pretrained.config)
+        state = pretrained.model.state_dict()
+        tensors = {
+            key_map[k]: v.detach().float().contiguous() for k, v in state.items() if k != TIED_KEY
+        }
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        _apply_umask(tmp / "model.safetensors")  # safetensors creates its file 0600
+        (tmp / "config.json").write_text(json.dumps(hf_config_dict(pretrained.config), indent=2))
+        for name in TOKENIZER_FILES:
+            if (pretrained.tokenizer_dir / name).is_file():
+                shutil.copyfile(pretrained.tokenizer_dir / name, tmp / name)
+        (tmp / "README.md").write_text(model_card(pretrained))
+        if output_dir.exists():  # empty, or an earlier export (checked above)
+            old = output_dir.with_name(f".{output_dir.name}.old-{tag}")
+            output_dir.rename(old)
+            tmp.rename(output_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(output_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return output_dir
+
+
+def _apply_umask(path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def model_card(pretrained: Pretrained) -> str:
@@ -285,7 +348,10 @@ class ExportConfig:
     checkpoint: str = "???"
     """A .ckpt, a run directory (its newest checkpoint), or a Hugging Face directory."""
     output_dir: str = "???"
-    """Where the Hugging Face directory is written (replaced if it exists)."""
+    """Where the Hugging Face directory is written: a new or empty directory, or an earlier export
+    when `overwrite` is set. Any other existing directory is refused (nothing is deleted)."""
+    overwrite: bool = False
+    """Replace `output_dir` when it holds an earlier export (and only then)."""
 
 
 ConfigStore.instance().store(name="export_schema", node=ExportConfig)
@@ -295,8 +361,9 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
+    check_known_keys(cfg, ExportConfig)  # a `+key=value` would otherwise be silently ignored
     pretrained = load_pretrained(cfg.checkpoint)
-    out = export_hf(pretrained, Path(cfg.output_dir))
+    out = export_hf(pretrained, Path(cfg.output_dir), overwrite=cfg.overwrite)
     print(f"exported {pretrained.source} -> {out} (load with transformers' from_pretrained)")
 
 

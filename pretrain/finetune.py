@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from pretrain.config import LoggerConfig, OptimConfig, ScheduleConfig, StrategyConfig
+from pretrain.config_keys import check_known_keys
 from pretrain.errors import UserError, exit_on_user_error
 from pretrain.finetune_data import (
     SEQUENCE,
@@ -221,6 +222,7 @@ def register_configs() -> None:
 
 
 def to_typed(cfg: DictConfig) -> FinetuneConfig:
+    check_known_keys(cfg, FinetuneConfig)  # to_object would drop a `+key=value` it lacks
     try:
         typed = OmegaConf.to_object(cfg)
     except ValueError as err:
@@ -596,10 +598,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=eval_loader("dev"))
     epochs_run = trainer.current_epoch
     ckpt = "best" if best.best_model_path else None
-    dev = trainer.validate(module, dataloaders=eval_loader("dev"), ckpt_path=ckpt, verbose=False)
+    # The best epoch's checkpoint, which this run just wrote; read weights-only all the same.
+    dev = trainer.validate(
+        module, dataloaders=eval_loader("dev"), ckpt_path=ckpt, verbose=False, weights_only=True
+    )
     del dev
     dev_metrics = module.last_metrics["dev"]
-    trainer.test(module, dataloaders=eval_loader("test"), ckpt_path=ckpt, verbose=False)
+    trainer.test(
+        module, dataloaders=eval_loader("test"), ckpt_path=ckpt, verbose=False, weights_only=True
+    )
     test_metrics = module.last_metrics["test"]
     result = {
         "task": cfg.task.name,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,27 @@ def _column(row: dict, column: str, origin: str, role: str) -> object:
     return row[column]
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def label_text(value: object) -> str:
+    """A label as the label set holds it: stripped text, with integral numbers written as
+    integers. The same class arrives as 1 from one file and as 1.0 or "1.0" from another (a
+    float column in JSONL or Parquet, a CSV written by pandas); unequal strings would make them
+    two labels, or "unknown" ones."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value).strip()
+    if _NUMBER.fullmatch(text) and not _INTEGER.fullmatch(text) and float(text).is_integer():
+        return str(int(float(text)))
+    return text
+
+
+def _is_real_number(label: str) -> bool:
+    return bool(_NUMBER.fullmatch(label)) and not _INTEGER.fullmatch(label)
+
+
 def sequence_records(
     rows: list[dict], text_column: str, label_column: str, pair_column: str | None, origin: str
 ) -> list[dict]:
@@ -99,12 +121,21 @@ def sequence_records(
         label = _column(row, label_column, origin, "label")
         if text is None or label is None or str(label).strip() == "":
             continue
-        rec = {"text": str(text), "label": str(label).strip()}
+        rec = {"text": str(text), "label": label_text(label)}
         if pair_column is not None:
             rec["text_pair"] = str(_column(row, pair_column, origin, "text_pair") or "")
         out.append(rec)
     if not out:
         raise UserError(f"{origin}: no labelled rows")
+    # Numbers with fractions (after `label_text`, integral ones have none) are scores, not
+    # classes: each distinct value would become a class of its own.
+    real = [r["label"] for r in out if _is_real_number(r["label"])]
+    if real and all(_NUMBER.fullmatch(r["label"]) for r in out):
+        raise UserError(
+            f"{origin} column {label_column}: labels look like real numbers (e.g. {real[0]}); "
+            "bert-finetune classifies into discrete labels — regression is not supported; map "
+            "them to classes"
+        )
     return out
 
 
@@ -141,9 +172,10 @@ def label_names(task_type: str, train: list[dict], given: list[str] | None) -> l
     """The label set: `given` when stated, else the labels of the training split (sorted; for
     BIO tags `O` first and each type's B- before its I-)."""
     if given:
-        if len(set(given)) != len(given):
+        names = [label_text(x) for x in given]
+        if len(set(names)) != len(names):
             raise UserError(f"task.labels has duplicates: {given}")
-        return [str(x) for x in given]
+        return names
     if task_type == SEQUENCE:
         return sorted({r["label"] for r in train})
     types = sorted({t[2:] for r in train for t in r["tags"] if t != "O"})

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -38,6 +39,7 @@ from pretrain.checkpointing import (
     LossMonitor,
     RNGStateCheckpoint,
     find_resume_checkpoint,
+    remove_unfinished_writes,
     validate_checkpoint,
 )
 from pretrain.config import (
@@ -54,7 +56,7 @@ from pretrain.model import ARCHITECTURE_FIELDS
 from pretrain.module import BertPretrainingModule
 from pretrain.preemption import PreemptionCheckpoint
 from pretrain.progress import StepProgressBar
-from pretrain.run_dir import check_run_dir_owner
+from pretrain.run_dir import check_run_dir_owner, sweep_run_dir
 from pretrain.strategy import distribution_kwargs
 from pretrain.tokenizer_check import read_vocab
 
@@ -139,7 +141,13 @@ def train(cfg: PretrainConfig) -> dict:
     if logger:
         trainer.loggers = [logger]
 
+    remove_unfinished_writes(checkpoint_dir)
     resume_from = find_resume_checkpoint(cfg.resume, checkpoint_dir)
+    if resume_from is None and cfg.resume == "auto" and (run_dir / "config.yaml").is_file():
+        rank_zero_info(
+            f"note: {run_dir} holds an earlier launch of this run but no checkpoint under "
+            f"{checkpoint_dir}: training starts from step 0"
+        )
     if resume_from is not None:
         arch = {k: getattr(cfg.model, k) for k in ARCHITECTURE_FIELDS}
         deepspeed = cfg.strategy.name == "deepspeed"
@@ -182,8 +190,14 @@ def train(cfg: PretrainConfig) -> dict:
             cfg.seed,
         ),
         val_mlm_probability=cfg.data.val_mlm_probability,
+        verify=cfg.data.verify,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    trainer.fit(
+        module,
+        datamodule=datamodule,
+        ckpt_path=str(resume_from) if resume_from else None,
+        weights_only=True,  # AtomicCheckpointIO reads weights-only anyway; DeepSpeed: vetted above
+    )
 
     last = checkpoint_dir / LAST
     if trainer.global_step % cfg.trainer.checkpoint_every_n_steps and not preemption.requested:
@@ -291,6 +305,8 @@ def launch_rank() -> int:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pretrain")
 @exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> None:
+    # Under -m each job gets its own run directory, or job N would resume job N-1's run.
+    sweep_run_dir(cfg, HydraConfig.get())
     train(to_typed(cfg))
 
 

@@ -364,3 +364,75 @@ def test_downstream_evaluation_under_zero2_leaves_the_losses_unchanged(runs, tmp
         scores = {int(r["step"]): float(r["downstream/kw/accuracy"]) for r in csv.DictReader(f)
                   if r.get("downstream/kw/accuracy")}  # fmt: skip
     assert sorted(scores) == [9, 19] and all(0 <= a <= 1 for a in scores.values())
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_run_exports_to_transformers_with_the_consolidated_weights(runs, stage, tmp_path):
+    """The path ZeRO runs take out of the framework: the run directory straight into bert-export
+    (consolidated in memory), and bert-consolidate's file into bert-export, both loading in
+    transformers with no missing keys and the consolidated model's logits."""
+    transformers = pytest.importorskip("transformers")
+    run = runs.two_process(stage)
+    assert (run / "checkpoints" / "last.ckpt" / "sha256sums.txt").is_file()
+    consolidated = tmp_path / "model.pt"
+    commands = {
+        "run": [sys.executable, "-m", "pretrain.export", f"checkpoint={run}",
+                f"output_dir={tmp_path / 'from_run'}"],
+        "consolidate": [sys.executable, "-m", "pretrain.consolidate",
+                        str(run / "checkpoints" / "last.ckpt"), str(consolidated)],
+        "file": [sys.executable, "-m", "pretrain.export", f"checkpoint={consolidated}",
+                 f"output_dir={tmp_path / 'from_file'}"],
+    }  # fmt: skip
+    for cmd in commands.values():
+        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = load_consolidated(consolidated)
+    ids = torch.randint(5, ours.cfg.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    types, mask = torch.zeros_like(ids), torch.ones_like(ids)
+    with torch.no_grad():
+        expected = ours(ids, types, mask)
+    for name in ("from_run", "from_file"):
+        hf, info = transformers.BertForPreTraining.from_pretrained(
+            tmp_path / name, output_loading_info=True
+        )
+        assert not any(info.values()), info
+        with torch.no_grad():
+            out = hf.eval()(input_ids=ids, token_type_ids=types, attention_mask=mask)
+        torch.testing.assert_close(out.prediction_logits, expected.mlm_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            out.seq_relationship_logits, expected.nsp_logits, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_zero_shards_are_checksummed_and_vetted_before_deepspeed_reads_them(runs, tmp_path):
+    from pretrain.integrity import write_directory_checksums
+    from tests.pretrain.test_integrity import booby_trapped, flip_bytes
+
+    source = runs.two_process(2) / "checkpoints" / "last.ckpt"
+    corrupt = tmp_path / "corrupt" / "last.ckpt"
+    shutil.copytree(source, corrupt)
+    shard = corrupt / "checkpoint" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    flip_bytes(shard)
+    with pytest.raises(UserError, match=r"checkpoint corrupt: .*rank_1_mp_rank_00_optim_states"):
+        validate_checkpoint(corrupt, {}, world_size=2, zero_stage=2)
+
+    # A crafted shard with matching checksums (whoever planted it rewrote them too).
+    trapped = tmp_path / "trapped" / "last.ckpt"
+    shutil.copytree(source, trapped)
+    marker = tmp_path / "pwned"
+    shard = trapped / "checkpoint" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    booby_trapped(shard, marker, torch.load(shard, weights_only=False))
+    write_directory_checksums(trapped)
+    with pytest.raises(UserError, match="refusing to load"):
+        validate_checkpoint(trapped, {}, world_size=2, zero_stage=2)
+    for cmd in (
+        [sys.executable, "-m", "pretrain.consolidate", str(trapped), str(tmp_path / "m.pt")],
+        [sys.executable, "-m", "pretrain.export", f"checkpoint={trapped}",
+         f"output_dir={tmp_path / 'hf'}"],
+    ):  # fmt: skip
+        proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "refusing to load" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+    proc = runs.launch("trapped", 2, "strategy=deepspeed_zero2", f"resume={trapped}", check=False)
+    assert proc.returncode != 0 and "refusing to load" in proc.stderr, proc.stderr[-2000:]
+    assert not marker.exists()

@@ -126,3 +126,46 @@ def test_label_sets_and_unknown_labels():
     assert label_names(SEQUENCE, seq, None) == ["neg", "pos"]
     with pytest.raises(UserError, match="unknown label 'meh'"):
         check_labels(SEQUENCE, [{"text": "z", "label": "meh"}], ["neg", "pos"], "test.csv")
+
+
+def test_integral_float_labels_are_the_integer_labels(tmp_path):
+    """0.0/1.0 from a CSV written by pandas, floats from JSONL or Parquet, ints elsewhere: one
+    label set {0, 1}, not "unknown labels" between the splits."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "train.csv").write_text("text,label\ngood,1.0\nbad,0.0\nfine,1\n")
+    (tmp_path / "dev.jsonl").write_text(
+        '{"text": "ok", "label": 1.0}\n{"text": "no", "label": 0}\n'
+    )
+    pq.write_table(pa.table({"text": ["meh"], "label": [0.0]}), tmp_path / "test.parquet")
+    train, dev, test = (
+        sequence_records(read_rows(tmp_path / name), "text", "label", None, name)
+        for name in ("train.csv", "dev.jsonl", "test.parquet")
+    )
+    assert [r["label"] for r in train] == ["1", "0", "1"]
+    labels = label_names(SEQUENCE, train, None)
+    assert labels == ["0", "1"]
+    for name, records in (("dev.jsonl", dev), ("test.parquet", test)):
+        check_labels(SEQUENCE, records, labels, name)
+    assert label_names(SEQUENCE, train, [0.0, 1.0]) == ["0", "1"]  # task.labels as floats
+
+
+def test_real_valued_labels_are_rejected(tmp_path):
+    (tmp_path / "scores.jsonl").write_text(
+        "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in (("a", 1.0), ("b", 0.13)))
+    )
+    with pytest.raises(UserError) as err:
+        sequence_records(
+            read_rows(tmp_path / "scores.jsonl"), "text", "label", None, "scores.jsonl"
+        )
+    assert str(err.value) == (
+        "scores.jsonl column label: labels look like real numbers (e.g. 0.13); bert-finetune "
+        "classifies into discrete labels — regression is not supported; map them to classes"
+    )
+    # Text classes that happen to include a number stay classes.
+    rows = [{"text": "a", "label": "pos"}, {"text": "b", "label": "2.5"}]
+    assert [r["label"] for r in sequence_records(rows, "text", "label", None, "f")] == [
+        "pos",
+        "2.5",
+    ]

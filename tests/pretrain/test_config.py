@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from pretrain.config import PretrainConfig, register_configs, resolve_runtime, to_typed
 from pretrain.errors import UserError
 from pretrain.model import PRESETS
+from pretrain.run_dir import sweep_run_dir, sweep_subdir
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "data", "optim", "schedule", "trainer", "strategy", "logger", "experiment")
@@ -74,6 +75,86 @@ def test_unknown_key_and_unknown_preset_fail_at_composition():
         load("trainer.max_stepz=3")
     with pytest.raises(ConfigCompositionException, match="bert-huge"):
         load("model=bert-huge")
+
+
+APPS = ("pretrain", "finetune", "prep", "tokenizer", "export")
+
+
+def app_groups(app: str) -> list[tuple[str, bool]]:
+    """(group, optional) for every config group in the defaults list of `conf/<app>.yaml`."""
+    found = []
+    for entry in OmegaConf.load(CONF / f"{app}.yaml").get("defaults", []):
+        if isinstance(entry, DictConfig):
+            (key,) = entry.keys()
+            group = key.removeprefix("optional ").strip()
+            if not group.startswith(("override ", "hydra/")):
+                found.append((group, key.startswith("optional ")))
+    return found
+
+
+@pytest.mark.parametrize("app,group", [(a, g) for a in APPS for g, _ in app_groups(a)])
+def test_a_mistyped_option_of_any_app_group_fails_and_lists_the_options(app, group):
+    """`optional` in a defaults list would make `experiment=nosuch` silently run the defaults."""
+    assert (group, True) not in app_groups(app)
+    import data_prep.config  # noqa: F401  (registers the prep and tokenizer schemas)
+    import pretrain.finetune  # noqa: F401  (registers finetune_schema)
+
+    with (
+        initialize_config_dir(config_dir=str(CONF), version_base="1.3"),
+        pytest.raises(ConfigCompositionException) as err,
+    ):
+        compose(app, overrides=[f"{group}=nosuch"])
+    message = str(err.value)
+    assert f"Could not find '{group}/nosuch'" in message
+    assert all(o in message for o in options(group))  # "Available options in ..."
+
+
+def test_mistyped_experiment_fails_instead_of_running_the_defaults():
+    with pytest.raises(ConfigCompositionException, match=r"experiment/nosuch(.|\n)*debug"):
+        load("experiment=nosuch")
+    assert load().name == "default"  # no experiment is still fine
+
+
+def load_job(*overrides: str, mode: str = "MULTIRUN") -> PretrainConfig:
+    """As one job of `bert-pretrain -m ...` with these (already expanded) overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "pretrain", overrides=[*overrides, f"hydra.mode={mode}"], return_hydra_config=True
+        )
+    with open_dict(cfg):
+        hydra_cfg = cfg.pop("hydra")
+    sweep_run_dir(cfg, hydra_cfg)
+    return to_typed(cfg)
+
+
+def test_each_sweep_job_gets_its_own_readable_and_stable_run_dir():
+    one = load_job("experiment=debug", "optim.lr=1e-3", "trainer.max_steps=5")
+    two = load_job("experiment=debug", "optim.lr=3e-3", "trainer.max_steps=5")
+    assert one.run_dir == "work/runs/debug/experiment=debug,optim.lr=1e-3,trainer.max_steps=5"
+    assert two.run_dir == "work/runs/debug/experiment=debug,optim.lr=3e-3,trainer.max_steps=5"
+    # The same job of a re-run sweep, overrides in another order: the same directory.
+    again = load_job("trainer.max_steps=5", "optim.lr=1e-3", "experiment=debug")
+    assert again.run_dir == one.run_dir
+    # What places or steers the launch does not name it; paths become one safe component.
+    placed = load_job("name=x", "work_dir=/w", "resume=never", "data.dir=/d/seq128", "seed=2")
+    assert placed.run_dir == "/w/runs/x/data.dir=_d_seq128,seed=2"
+    assert load_job("name=x").run_dir == "work/runs/x"  # nothing left: the plain run directory
+
+
+def test_a_run_dir_set_by_the_user_or_a_single_run_is_left_alone():
+    assert load_job("run_dir=/r", "optim.lr=1e-3").run_dir == "/r"
+    assert load_job("optim.lr=1e-3", mode="RUN").run_dir == "work/runs/default"
+    interpolated = load_job("run_dir=${work_dir}/lr${optim.lr}", "optim.lr=1e-3")
+    assert interpolated.run_dir == "work/lr0.001"
+
+
+def test_long_sweep_subdirs_are_cut_with_a_hash():
+    long = ",".join(f"model.key{i}=value{i}" for i in range(30))
+    sub = sweep_subdir(long)
+    assert (
+        len(sub) == 120 and sub.startswith("model.key0=value0,") and sub != sweep_subdir(long + "x")
+    )
+    assert sweep_subdir(long) == sub
 
 
 def write_prepared_dir(root: Path, vocab_size: int = 120, max_len: int = 64) -> Path:

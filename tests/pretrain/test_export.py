@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -100,7 +101,7 @@ def test_bad_inputs_name_the_path(tmp_path, exported):
         load_pretrained(tmp_path / "missing")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match=r"bad\.ckpt is corrupt"):
+    with pytest.raises(UserError, match=r"bad\.ckpt is not a checkpoint"):
         load_pretrained(bad)
     other = tmp_path / "roberta"
     other.mkdir()
@@ -156,3 +157,49 @@ def test_continued_pretraining_starts_from_an_exported_model(
     proc = subprocess.run([*common, "name=other", "model.num_layers=3"], env=app_env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2 and "model.num_layers: 2 there, 3 here" in proc.stderr
+
+
+def test_export_never_replaces_a_directory_that_is_not_an_export(pretrained_run, tmp_path):
+    pretrained = load_pretrained(pretrained_run)
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=r"not empty and not an earlier export .*notes\.txt"):
+            export_hf(pretrained, work, overwrite=overwrite)
+    assert sorted(p.name for p in work.iterdir()) == ["data", "notes.txt"]
+    assert (work / "notes.txt").read_text() == "mine"
+    # An export with a file of the user's added is not an export any more.
+    out = export_hf(pretrained, tmp_path / "hf")
+    (out / "my_results.csv").write_text("1,2")
+    with pytest.raises(UserError, match=r"my_results\.csv"):
+        export_hf(pretrained, out, overwrite=True)
+    assert (out / "my_results.csv").is_file()
+    assert not list(tmp_path.glob(".*"))  # no temporaries left behind
+
+
+def test_export_replaces_an_earlier_export_only_with_overwrite(pretrained_run, tmp_path):
+    pretrained = load_pretrained(pretrained_run)
+    out = export_hf(pretrained, tmp_path / "hf")
+    first = (out / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="holds an earlier export; pass overwrite=true"):
+        export_hf(pretrained, out)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_hf(pretrained, empty)  # an empty directory holds nothing to lose
+    with torch.no_grad():
+        for p in pretrained.model.parameters():
+            p.add_(1.0)
+    export_hf(pretrained, out, overwrite=True)
+    assert (out / "model.safetensors").read_bytes() != first
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_exported_files_follow_the_umask(pretrained_run, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = export_hf(load_pretrained(pretrained_run), tmp_path / "hf")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert set(modes.values()) == {0o644}, modes
