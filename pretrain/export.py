@@ -1,8 +1,9 @@
 """Move weights between this project and the Hugging Face format, and load any of them by path.
 
-`load_pretrained(path)` accepts a project checkpoint (`.ckpt`), a run directory (its newest
+`load_pretrained(path)` accepts a project checkpoint (a `.ckpt` file, a DeepSpeed ZeRO checkpoint
+directory, consolidated in memory, or a `bert-consolidate` file), a run directory (its newest
 checkpoint) or a Hugging Face BERT directory, and returns our `BertForPreTraining` with its
-tokenizer. `export_hf` writes a directory that `transformers.BertForPreTraining.from_pretrained`
+tokenizer; checkpoints are verified against their checksums and read weights-only. `export_hf` writes a directory that `transformers.BertForPreTraining.from_pretrained`
 loads with no missing or unexpected keys. No `transformers` import here: the format is plain JSON
 and safetensors, so exporting works where only the training dependencies are installed.
 
@@ -223,7 +224,8 @@ def load_hf_dir(hf_dir: Path) -> Pretrained:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """A project checkpoint, a run directory (newest checkpoint) or a Hugging Face directory."""
+    """A project checkpoint (`.ckpt` file, DeepSpeed checkpoint directory or `bert-consolidate`
+    output), a run directory (its newest checkpoint) or a Hugging Face directory."""
     path = Path(path)
     if not path.exists():
         raise UserError(
@@ -232,6 +234,8 @@ def load_pretrained(path: str | Path) -> Pretrained:
         )
     if path.is_dir() and (path / "config.json").is_file():
         return load_hf_dir(path)
+    if path.is_dir() and (path / "latest").is_file():  # a DeepSpeed checkpoint directory
+        return load_project_checkpoint(path)
     if path.is_dir():
         return load_project_checkpoint(newest_checkpoint(path))
     return load_project_checkpoint(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from data_prep.files import sha256_file
@@ -27,6 +28,22 @@ def check_tokenizer_matches(tokenizer_dir: Path, manifest: dict, data_dir: Path)
             f"with (manifest.json: {expected[:12]}…); use the matching tokenizer or rebuild the data "
             f"with `bert-prep tokenizer_dir={tokenizer_dir} force=true`"
         )
+    # Training reads ids from vocab.txt (masking's random tokens, special ids): it must be the
+    # vocabulary of the tokenizer.json checked above.
+    vocab = read_vocab(tokenizer_dir) if (tokenizer_dir / "vocab.txt").is_file() else None
+    if vocab != vocab_of_tokenizer_json(tokenizer_dir):
+        raise UserError(
+            f"{tokenizer_dir / 'vocab.txt'} is missing or does not match tokenizer.json beside "
+            f"it ({'no file' if vocab is None else f'{len(vocab)} tokens'}); restore the "
+            f"directory from its `bert-tokenizer` output, or rebuild the data with "
+            f"`bert-prep force=true`"
+        )
+
+
+def vocab_of_tokenizer_json(tokenizer_dir: Path) -> list[str]:
+    """Tokens of a WordPiece `tokenizer.json`, in id order."""
+    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    return [token for token, _ in sorted(vocab["vocab"].items(), key=lambda kv: kv[1])]
 
 
 def read_vocab(tokenizer_dir: Path) -> list[str]:

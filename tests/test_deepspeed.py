@@ -406,7 +406,7 @@ def test_zero_run_exports_to_transformers_with_the_consolidated_weights(runs, st
 
 def test_zero_shards_are_checksummed_and_vetted_before_deepspeed_reads_them(runs, tmp_path):
     from pretrain.integrity import write_directory_checksums
-    from tests.pretrain.test_integrity import booby_trapped, flip_bytes
+    from tests.faults import booby_trapped, flip_bytes
 
     source = runs.two_process(2) / "checkpoints" / "last.ckpt"
     corrupt = tmp_path / "corrupt" / "last.ckpt"

@@ -25,21 +25,7 @@ from pretrain.integrity import (
     verify_checkpoint,
     write_directory_checksums,
 )
-
-
-class Trap:
-    """Unpickling this runs a shell command: what a crafted checkpoint would carry."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def booby_trapped(path: Path, marker: Path, base: dict | None = None) -> Path:
-    torch.save({**(base or {}), "payload": Trap(marker)}, path)
-    return path
+from tests.faults import booby_trapped, flip_bytes
 
 
 def checkpoint_dict() -> dict:
@@ -48,14 +34,6 @@ def checkpoint_dict() -> dict:
         "global_step": 3,
         "hyper_parameters": {"model": {"hidden_size": 64}},
     }
-
-
-def flip_bytes(path: Path, offset_fraction: float = 0.5) -> None:
-    """Overwrite a few bytes in the middle, keeping the size: silent corruption."""
-    size = path.stat().st_size
-    with open(path, "r+b") as f:
-        f.seek(int(size * offset_fraction))
-        f.write(b"\xde\xad\xbe\xef" * 4)
 
 
 def test_save_writes_a_checksum_that_load_verifies(tmp_path):
