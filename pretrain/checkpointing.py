@@ -260,7 +260,6 @@ def validate_checkpoint(
             f"checkpoint {path} is the temporary of an interrupted save, not a finished "
             f"checkpoint; pass resume=<a checkpoint without the leading dot> or resume=never"
         )
-    verify_resumable(path)
     if is_deepspeed_checkpoint(path):
         if zero_stage is None:
             raise UserError(
@@ -276,6 +275,7 @@ def validate_checkpoint(
                 f"resumes from its own sharded checkpoint directories; resume with the strategy it "
                 f"was written with, or pass resume=never"
             )
+        verify_resumable(path)
         ckpt = _load(path, path)
     missing = [k for k in ("global_step", "hyper_parameters") if k not in ckpt]
     if not is_deepspeed_checkpoint(path) and "state_dict" not in ckpt:
@@ -383,7 +383,9 @@ def _read_deepspeed_checkpoint(path: Path, world_size: int | None, zero_stage: i
             f"{saved_world}-process ZeRO-{saved_stage} checkpoint; copy every rank's files into "
             f"{tag_dir}, or pass resume=<an older checkpoint>"
         )
-    # DeepSpeed unpickles its shards itself, without torch's restrictions: vet each one first.
+    # Every shard is there: now their bytes, then (DeepSpeed unpickles its shards itself,
+    # without torch's restrictions) each one read weights-only first.
+    verify_resumable(path)
     check_deepspeed_files_loadable(tag_dir, path)
     if world_size is not None and int(saved_world) != world_size:
         raise UserError(

@@ -31,7 +31,8 @@ def check_tokenizer_matches(tokenizer_dir: Path, manifest: dict, data_dir: Path)
     # Training reads ids from vocab.txt (masking's random tokens, special ids): it must be the
     # vocabulary of the tokenizer.json checked above.
     vocab = read_vocab(tokenizer_dir) if (tokenizer_dir / "vocab.txt").is_file() else None
-    if vocab != vocab_of_tokenizer_json(tokenizer_dir):
+    expected = vocab_of_tokenizer_json(tokenizer_dir)
+    if expected is not None and vocab != expected:
         raise UserError(
             f"{tokenizer_dir / 'vocab.txt'} is missing or does not match tokenizer.json beside "
             f"it ({'no file' if vocab is None else f'{len(vocab)} tokens'}); restore the "
@@ -40,10 +41,14 @@ def check_tokenizer_matches(tokenizer_dir: Path, manifest: dict, data_dir: Path)
         )
 
 
-def vocab_of_tokenizer_json(tokenizer_dir: Path) -> list[str]:
-    """Tokens of a WordPiece `tokenizer.json`, in id order."""
-    vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))["model"]
-    return [token for token, _ in sorted(vocab["vocab"].items(), key=lambda kv: kv[1])]
+def vocab_of_tokenizer_json(tokenizer_dir: Path) -> list[str] | None:
+    """Tokens of a WordPiece `tokenizer.json`, in id order; None for a model without a plain
+    token -> id table (nothing to compare vocab.txt with)."""
+    spec = json.loads((tokenizer_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = (spec.get("model") or {}).get("vocab")
+    if not isinstance(vocab, dict):
+        return None
+    return [token for token, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
 
 
 def read_vocab(tokenizer_dir: Path) -> list[str]:

@@ -33,9 +33,11 @@ def test_torchrun_ddp_two_processes_train_and_checkpoint_once(prepared_english, 
     # Global batch 8 over 2 processes of micro-batch 4: no accumulation.
     assert "micro-batch 4 × accumulation 1 × 2 = global batch 8" in proc.stdout + proc.stderr
     assert json.loads((run / "summary.json").read_text())["step"] == 6
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [  # each with its checksum
         "last.ckpt",
+        "last.ckpt.sha256",
         "step0000006.ckpt",
+        "step0000006.ckpt.sha256",
     ]
     assert proc.stdout.count("pretraining finished") == 1  # the summary is printed by rank 0 only
 

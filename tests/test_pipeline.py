@@ -92,7 +92,8 @@ def test_only_the_newest_periodic_checkpoints_are_kept(prepared_english, tmp_pat
              "trainer.checkpoint_every_n_steps=2", "trainer.keep_last_checkpoints=2",
              "trainer.val_check_interval=8")  # fmt: skip
     names = sorted(p.name for p in (tmp_path / "runs" / "keep" / "checkpoints").iterdir())
-    assert names == ["last.ckpt", "step0000006.ckpt", "step0000008.ckpt"]
+    assert names == [n + suffix for n in ("last", "step0000006", "step0000008")
+                     for suffix in (".ckpt", ".ckpt.sha256")]  # fmt: skip
 
 
 def test_validation_interval_counts_optimizer_steps_under_accumulation(
@@ -139,7 +140,7 @@ def test_corrupt_checkpoint_is_refused_with_its_name(prepared_english, tmp_path,
     ckpt.write_bytes(b"PK\x03\x04 truncated")
     proc = pretrain(app_env, tmp_path, prepared_english, "name=broken", check=False)
     assert proc.returncode == 2
-    assert f"checkpoint {ckpt}" in proc.stderr and "corrupt or partial" in proc.stderr
+    assert f"checkpoint corrupt: {ckpt}" in proc.stderr and "truncated or damaged" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
