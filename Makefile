@@ -38,10 +38,10 @@ demo-full: prep ## The learning-quality recipe: 22 + 22 + 8 min three-phase pret
 	$(PYTHON) -m pretrain.train experiment=cpu_budget_phase1 work_dir=$(WORK)
 	$(PYTHON) -m pretrain.train experiment=cpu_budget_phase2 work_dir=$(WORK)
 	$(PYTHON) -m pretrain.train experiment=cpu_budget_phase3 work_dir=$(WORK)
-	$(PYTHON) -m pretrain.finetune_compare --model $(WORK)/runs/cpu_budget_phase3 --work-dir $(WORK) --out-name cpu_budget3
+	$(PYTHON) -m pretrain.finetune.compare --model $(WORK)/runs/cpu_budget_phase3 --work-dir $(WORK) --out-name cpu_budget3
 
 finetune-demo: pretrain ## Does pretraining help? Demo model vs random init on Rotten Tomatoes + WNUT-16, 3 seeds
-	$(PYTHON) -m pretrain.finetune_compare --model $(WORK)/runs/demo --work-dir $(WORK)
+	$(PYTHON) -m pretrain.finetune.compare --model $(WORK)/runs/demo --work-dir $(WORK)
 
 test: install ## Run the whole test suite (unit, end-to-end, multi-process)
 	$(PYTHON) -m pytest

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from pretrain.data import PairDataset
-from pretrain.export import load_pretrained
 from pretrain.masking import MaskingCollator, MaskingConfig
+from pretrain.weights import load_pretrained
 
 SENTENCES = (
     "the united states of [MASK] .",

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pretrain.config_keys import check_known_keys
+from pretrain.config_path import CONF_DIR
 from pretrain.errors import UserError
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 """The top-level `conf/` directory of the repository."""
 
 CORPUS_KINDS = ("demo", "files", "hf", "task_text")

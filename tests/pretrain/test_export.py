@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from pretrain.errors import UserError
-from pretrain.export import export_hf, load_hf_dir, load_pretrained
+from pretrain.export import export_hf
 from pretrain.model import hf_config_kwargs
+from pretrain.weights import load_hf_dir, load_pretrained
 
 transformers = pytest.importorskip("transformers")
 

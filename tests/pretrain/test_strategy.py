@@ -1,5 +1,5 @@
 """Strategy choice, DeepSpeed config, checkpoint-kind checks and activation checkpointing (no
-processes are launched here; see tests/test_deepspeed.py for the multi-process runs)."""
+processes are launched here; see tests/e2e/test_deepspeed.py for the multi-process runs)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
 
 
 def test_slurm_task_count_must_equal_devices_times_nodes(monkeypatch):
-    """The environment an `srun` step sees (tests/test_slurm.py submits the real job)."""
+    """The environment an `srun` step sees (tests/e2e/test_slurm.py submits the real job)."""
     for var in ("SLURM_NTASKS", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NAME"):
         monkeypatch.delenv(var, raising=False)
     check_slurm_tasks(TrainerConfig(devices=2))  # not under SLURM: nothing to compare

@@ -135,7 +135,8 @@ def out_of_vocab_shard(sb: Sandbox) -> None:
 
 
 def earlier_export(sb: Sandbox) -> None:
-    from pretrain.export import export_hf, load_pretrained
+    from pretrain.export import export_hf
+    from pretrain.weights import load_pretrained
 
     export_hf(load_pretrained(sb.run), sb.root / "exported")
 

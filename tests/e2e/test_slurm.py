@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tests.test_finetune import sequence_files, tiny_model, words  # noqa: F401 (fixtures)
+from tests.pretrain.finetune.test_finetune import sequence_files, tiny_model, words  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
 

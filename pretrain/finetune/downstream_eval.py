@@ -36,10 +36,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, RandomSampler
 
-from pretrain.callbacks import ThroughputMonitor
+from pretrain.callbacks.throughput import ThroughputMonitor
 from pretrain.config import DownstreamEvalConfig, OptimConfig, ScheduleConfig
 from pretrain.errors import UserError
-from pretrain.finetune import (
+from pretrain.finetune.app import (
     CONF_DIR,
     FinetuneModule,
     TaskConfig,
@@ -47,7 +47,7 @@ from pretrain.finetune import (
     load_task_data,
     load_tokenizer,
 )
-from pretrain.finetune_data import Collator, EncodedDataset, encode
+from pretrain.finetune.data import Collator, EncodedDataset, encode
 from pretrain.model import BertConfig, BertModel
 
 

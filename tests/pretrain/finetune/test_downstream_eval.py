@@ -14,11 +14,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from pretrain.config import DownstreamEvalConfig, to_typed
-from pretrain.downstream_eval import finetune_copy, prepare_dev_task
 from pretrain.errors import UserError
+from pretrain.finetune.downstream_eval import finetune_copy, prepare_dev_task
 from pretrain.model import BertForPreTraining, preset
 from pretrain.train import CONF_DIR, train
-from tests.test_finetune import synthetic, write_splits
+from tests.pretrain.finetune.test_finetune import synthetic, write_splits
 
 
 @pytest.fixture(scope="module")

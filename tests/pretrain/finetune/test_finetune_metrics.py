@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pretrain.finetune_metrics import (
+from pretrain.finetune.metrics import (
     accuracy,
     bio_entities,
     entity_metrics,

@@ -14,9 +14,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from pretrain.errors import UserError
-from pretrain.export import Pretrained, export_hf
-from pretrain.finetune import CONF_DIR, finetune, to_typed
+from pretrain.export import export_hf
+from pretrain.finetune.app import CONF_DIR, finetune, to_typed
 from pretrain.model import BertForPreTraining, preset
+from pretrain.weights import Pretrained
 
 FAST = [
     "logger=none",
@@ -201,7 +202,7 @@ def test_bert_finetune_command(tiny_model, token_files, tmp_path, app_env):
 
 
 def test_max_train_examples_takes_the_same_subset_for_every_seed(sequence_files, token_files):
-    from pretrain.finetune import TaskConfig, load_task_data
+    from pretrain.finetune.app import TaskConfig, load_task_data
 
     def task(files, **kw) -> TaskConfig:
         paths = dict(o.removeprefix("task.").split("=", 1) for o in files)
@@ -230,7 +231,7 @@ def test_encoder_dropout_can_be_switched_back_on_for_fine_tuning(prepared_englis
     set: the same weights, the new rates in every dropout of the encoder; None keeps the model's."""
     from dataclasses import replace
 
-    from pretrain.finetune import FinetuneConfig, build_encoder
+    from pretrain.finetune.app import FinetuneConfig, build_encoder
 
     torch.manual_seed(0)
     cfg = replace(
@@ -262,7 +263,7 @@ def test_encoder_dropout_can_be_switched_back_on_for_fine_tuning(prepared_englis
 def test_reinit_pooler_restarts_only_the_pooler_and_only_for_a_pretrained_model(
     prepared_english, tmp_path
 ):
-    from pretrain.finetune import FinetuneConfig, build_encoder
+    from pretrain.finetune.app import FinetuneConfig, build_encoder
 
     torch.manual_seed(0)
     cfg = preset("bert-tiny", vocab_size=1000, max_position_embeddings=64)
@@ -299,7 +300,7 @@ def test_mean_pooling_averages_the_real_tokens_only():
     padding (any ids, any length) does not change a sequence's logits; pooling=cls reads the
     pooler output."""
     from pretrain.config import OptimConfig, ScheduleConfig
-    from pretrain.finetune import FinetuneModule
+    from pretrain.finetune.app import FinetuneModule
 
     torch.manual_seed(0)
     cfg = preset("bert-tiny", vocab_size=100, max_position_embeddings=16)
@@ -326,6 +327,6 @@ def test_mean_pooling_averages_the_real_tokens_only():
         short = {k: v[1:, :3] for k, v in batch.items()}  # the second row without its padding
         torch.testing.assert_close(mean(short)[0], mean(batch)[1], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="pooling='max' is unknown"):
-        from pretrain.finetune import FinetuneConfig
+        from pretrain.finetune.app import FinetuneConfig
 
         FinetuneConfig(model_path="m", pooling="max")

@@ -13,7 +13,7 @@ from data_prep.config import compose
 from data_prep.tokenizer import train_tokenizer
 from tests.conftest import REPO
 from tests.data_prep.dp_helpers import assert_same_prepared, stdlib_documents, write_txt
-from tests.test_slurm import cluster, job_state, wait_for  # noqa: F401 (cluster: autouse fixture)
+from tests.e2e.test_slurm import cluster, job_state, wait_for  # noqa: F401 (cluster: autouse fixture)
 
 pytestmark = pytest.mark.slurm
 

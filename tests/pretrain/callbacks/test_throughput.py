@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pretrain.callbacks import ThroughputMonitor, detect_peak_tflops, resolve_peak_tflops
+from pretrain.callbacks.throughput import ThroughputMonitor, detect_peak_tflops, resolve_peak_tflops
 from pretrain.config import OptimConfig, ScheduleConfig
 from pretrain.model import flops_per_token, preset
 from pretrain.module import BertPretrainingModule

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from pretrain.budget import TimeBudget
+from pretrain.callbacks.budget import TimeBudget
 from pretrain.model import BertConfig, flops_per_token
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's data sheets, matched in order
@@ -158,14 +158,3 @@ class ThroughputMonitor(L.Callback):
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-class ExitAfterSteps(L.Callback):
-    """Ends the launch once `global_step` reaches `step` (the run itself is not finished)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True

@@ -42,8 +42,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from pretrain.config import LoggerConfig, OptimConfig, ScheduleConfig, StrategyConfig
 from pretrain.config_keys import check_known_keys
+from pretrain.config_path import CONF_DIR
 from pretrain.errors import UserError, exit_on_user_error
-from pretrain.finetune_data import (
+from pretrain.finetune.data import (
     SEQUENCE,
     TASK_TYPES,
     Collator,
@@ -57,13 +58,12 @@ from pretrain.finetune_data import (
     token_records,
     word_predictions,
 )
-from pretrain.finetune_metrics import entity_metrics, sequence_metrics
+from pretrain.finetune.metrics import entity_metrics, sequence_metrics
 from pretrain.loggers import build_logger
 from pretrain.model import BertConfig, BertForPreTraining, BertModel
 from pretrain.optim import build_scheduler, parameter_groups
 from pretrain.strategy import distribution_kwargs
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 SOURCES = ("files", "hf", "rotten_tomatoes", "wnut16")
 POOLINGS = ("cls", "mean")
 SEQUENCE_METRICS = ("accuracy", "macro_f1", "mcc")
@@ -429,7 +429,7 @@ class FinetuneModule(L.LightningModule):
 
 def build_encoder(cfg: FinetuneConfig) -> tuple[BertModel, BertConfig, Path, str]:
     """The encoder to fine-tune, its config, the tokenizer directory, and what was loaded."""
-    from pretrain.export import load_pretrained
+    from pretrain.weights import load_pretrained
 
     if not Path(cfg.model_path).exists():
         raise UserError(

@@ -1,11 +1,11 @@
-"""The side-by-side table of `pretrain.finetune_compare` (the runs themselves: tests/test_finetune.py)."""
+"""The side-by-side table of `pretrain.finetune.compare` (the runs themselves: tests/pretrain/finetune/test_finetune.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 
-from pretrain.finetune_compare import (
+from pretrain.finetune.compare import (
     FINGERPRINT_FILE,
     finished_earlier,
     format_table,

@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer
 
 from pretrain.errors import UserError
-from pretrain.finetune_data import (
+from pretrain.finetune.data import (
     IGNORE,
     SEQUENCE,
     TOKEN,
@@ -66,7 +66,7 @@ def test_collator_pads_and_marks_padding():
 
 
 def _enc(ids, labels, first=None):
-    from pretrain.finetune_data import Encoded
+    from pretrain.finetune.data import Encoded
 
     return Encoded(ids, [0] * len(ids), labels, first)
 

@@ -1,7 +1,7 @@
 """Does pretraining help? Fine-tune a pretrained model and the same architecture from random
 initialization, with identical settings and seeds, on each row; print the scores side by side.
 
-    python -m pretrain.finetune_compare --model work/runs/demo          # = make finetune-demo
+    python -m pretrain.finetune.compare --model work/runs/demo          # = make finetune-demo
 
 Each (row, init, seed) is one `bert-finetune` run (composed from `conf/finetune.yaml` with the
 row's task and overrides below, run in this process) in
@@ -82,7 +82,7 @@ def run_one(
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pretrain.finetune import CONF_DIR, finetune, to_typed
+    from pretrain.finetune.app import CONF_DIR, finetune, to_typed
 
     task, row_overrides = ROWS[row]
     out = Path(args.work_dir) / "finetune" / args.out_name / f"{row}-{init}-s{seed}"
