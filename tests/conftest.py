@@ -1,4 +1,5 @@
-"""Fixtures shared across test packages: a small prepared dataset of real English (no network)."""
+"""Fixtures shared across test packages: a small prepared dataset of real English (no network), and
+a tiny model and labelled task to fine-tune."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from data_prep.build import build
 from data_prep.config import compose
 from data_prep.tokenizer import train_tokenizer
 from tests.data_prep.dp_helpers import stdlib_documents, write_txt
+from tests.finetune_rows import export_tiny_model, keyword_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,3 +50,24 @@ def pretrained_run(prepared_english, tmp_path_factory) -> Path:
            "trainer.val_check_interval=4"]  # fmt: skip
     subprocess.run(cmd, env=env, cwd=work, check=True, capture_output=True, timeout=300)
     return work / "runs" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(prepared_english, tmp_path_factory) -> Path:
+    """A freshly initialized bert-tiny with `prepared_english`'s 1000-token tokenizer, exported."""
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    return export_tiny_model(prepared_english / "tokenizer", out)
+
+
+@pytest.fixture(scope="session")
+def sequence_files(prepared_english, tmp_path_factory) -> list[str]:
+    """`task.train=... task.dev=... task.test=...` of the keyword sequence task (csv)."""
+    root = tmp_path_factory.mktemp("seq")
+    return keyword_task(prepared_english / "tokenizer", root, tokens=False)
+
+
+@pytest.fixture(scope="session")
+def token_files(prepared_english, tmp_path_factory) -> list[str]:
+    """`task.train=... task.dev=... task.test=...` of the keyword entity task (jsonl)."""
+    root = tmp_path_factory.mktemp("tok")
+    return keyword_task(prepared_english / "tokenizer", root, tokens=True)

@@ -45,7 +45,8 @@ class ThroughputMonitor(L.Callback):
     tokens seen; given the model config also `train/model_tflops_per_sec` (training FLOPs of the
     real tokens, `pretrain.model.flops_per_token` at each batch's length and masked fraction) and,
     given a peak, `train/mfu`. Without a progress bar it also prints one line per logging interval
-    with the ETA, which reads well in SLURM output files (no carriage returns)."""
+    with the ETA (given a wall-clock budget, capped by what is left of it), which reads well in
+    SLURM output files (no carriage returns)."""
 
     def __init__(
         self,
@@ -54,12 +55,14 @@ class ThroughputMonitor(L.Callback):
         print_progress: bool,
         model_cfg: BertConfig | None = None,
         peak_tflops: float | None = None,
+        budget: TimeBudget | None = None,
     ):
         self.every = log_every_n_steps
         self.world_size = world_size
         self.print_progress = print_progress
         self.model_cfg = model_cfg
         self.peak_tflops = peak_tflops  # per device; None: no MFU
+        self.budget = budget  # the run's wall-clock budget, if any: it ends the run sooner
         self._tokens = 0  # real tokens on this process since the last report
         self._flops = 0.0  # their model FLOPs (forward + backward)
         self._samples = 0
@@ -119,9 +122,8 @@ class ThroughputMonitor(L.Callback):
         if self.print_progress:
             done = step - self._start_step
             eta = (now - self._start_time) / max(done, 1) * (trainer.max_steps - step)
-            budget = next((c for c in trainer.callbacks if isinstance(c, TimeBudget)), None)
-            if budget is not None:  # a wall-clock budget ends the run sooner
-                eta = min(eta, max(0.0, budget.budget_s - budget.elapsed_s()))
+            if self.budget is not None:
+                eta = min(eta, max(0.0, self.budget.budget_s - self.budget.elapsed_s()))
             loss = trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))
             rank_zero_info(
                 f"step {step}/{trainer.max_steps}  loss {float(loss):.4f}  "

@@ -82,7 +82,9 @@ def run_one(
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pretrain.finetune.app import CONF_DIR, finetune, to_typed
+    from pretrain.config_path import CONF_DIR
+    from pretrain.finetune.app import finetune
+    from pretrain.finetune.config import to_typed
 
     task, row_overrides = ROWS[row]
     out = Path(args.work_dir) / "finetune" / args.out_name / f"{row}-{init}-s{seed}"

@@ -3,9 +3,9 @@
     bert-pretrain experiment=demo eval_downstream.every_n_steps=200 eval_downstream.task=rotten_tomatoes
 
 Every `eval_downstream.every_n_steps` optimizer steps, rank 0 copies the current encoder, puts the
-fine-tuning head of `bert-finetune` on it (`pretrain.finetune.FinetuneModule`), trains it for one
-epoch on a fixed seeded subset of the task's train split, scores a fixed subset of the dev split
-with `bert-finetune`'s metrics and logs them as `downstream/<task>/<metric>` (plus
+fine-tuning head of `bert-finetune` on it (`pretrain/finetune/module.py:FinetuneModule`), trains it
+for one epoch on a fixed seeded subset of the task's train split, scores a fixed subset of the dev
+split with `bert-finetune`'s metrics and logs them as `downstream/<task>/<metric>` (plus
 `downstream/<task>/seconds`, the wall time it took) to the run's loggers, so dashboards show
 downstream quality rising with pretraining. Same subsets, head initialization, dropout and data
 order every time: only the encoder changes between evaluations.
@@ -38,16 +38,13 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from pretrain.callbacks.throughput import ThroughputMonitor
 from pretrain.config import DownstreamEvalConfig, OptimConfig, ScheduleConfig
+from pretrain.config_path import CONF_DIR
 from pretrain.errors import UserError
-from pretrain.finetune.app import (
-    CONF_DIR,
-    FinetuneModule,
-    TaskConfig,
-    evaluate,
-    load_task_data,
-    load_tokenizer,
-)
+from pretrain.finetune.config import TaskConfig
 from pretrain.finetune.data import Collator, EncodedDataset, encode
+from pretrain.finetune.encoder import load_tokenizer
+from pretrain.finetune.module import FinetuneModule, evaluate
+from pretrain.finetune.task_data import load_task_data
 from pretrain.model import BertConfig, BertModel
 
 
@@ -151,7 +148,7 @@ def finetune_copy(
             dev_task.task.type,
             len(dev_task.labels),
             model_cfg.hidden_dropout,
-            OptimConfig(lr=cfg.lr, weight_decay=0.01),
+            OptimConfig(lr=cfg.lr, weight_decay=0.01, implementation="auto"),  # torch's AdamW
             ScheduleConfig(warmup_fraction=0.1),
             steps,
             evaluator=None,
@@ -189,9 +186,15 @@ class DownstreamEval(L.Callback):
     log `downstream/<task>/<metric>` and `downstream/<task>/seconds`."""
 
     def __init__(
-        self, cfg: DownstreamEvalConfig, work_dir: str, tokenizer_dir: Path, model_cfg: BertConfig
+        self,
+        cfg: DownstreamEvalConfig,
+        work_dir: str,
+        tokenizer_dir: Path,
+        model_cfg: BertConfig,
+        throughput: ThroughputMonitor | None = None,
     ):
         self.cfg = cfg
+        self.throughput = throughput  # told the time each evaluation takes: not training time
         self.work_dir, self.tokenizer_dir, self.model_cfg = work_dir, tokenizer_dir, model_cfg
         self.dev_task: DevTask | None = None
         self.last: dict[str, float] = {}
@@ -219,9 +222,8 @@ class DownstreamEval(L.Callback):
             self.evaluate(trainer, pl_module, step, start)
         trainer.strategy.barrier("downstream evaluation")
         elapsed = time.perf_counter() - start
-        for callback in trainer.callbacks:
-            if isinstance(callback, ThroughputMonitor):  # not training time
-                callback.exclude(elapsed)
+        if self.throughput is not None:
+            self.throughput.exclude(elapsed)
 
     def evaluate(self, trainer: L.Trainer, pl_module, step: int, start: float) -> None:
         bert = pl_module.model.bert

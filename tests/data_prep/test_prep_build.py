@@ -12,11 +12,12 @@ import pytest
 from dp_helpers import write_txt
 from tokenizers import Tokenizer
 
-from data_prep import build as build_module
-from data_prep.build import build, split_documents
+from data_prep import prepared
+from data_prep.build import build
 from data_prep.config import CorpusConfig, compose
 from data_prep.corpus import read_corpus
 from data_prep.files import sha256_file
+from data_prep.prepared import split_documents
 from pretrain.errors import UserError
 
 
@@ -189,7 +190,7 @@ def test_failing_build_leaves_nothing(tmp_path, english_corpus, english_tokenize
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(build_module.shutil, "copytree", boom)
+    monkeypatch.setattr(prepared.shutil, "copytree", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         run(tmp_path, english_corpus, english_tokenizer)
     assert list((tmp_path / "data").iterdir()) == []

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from dp_helpers import tokenizer_overrides, write_txt
 
-from data_prep.build import build, split_documents
+from data_prep.build import build
 from data_prep.config import compose
 from data_prep.files import _host, sha256_file
+from data_prep.prepared import split_documents
 from data_prep.tokenizer import train_tokenizer
 
 

@@ -95,3 +95,38 @@ def test_slice_index_needs_num_slices_in_range():
 
 def compose_obj(extra: list[str]):
     return to_object(compose("prep", ["tokenizer_dir=t", "output_dir=o", *extra]), PrepAppConfig)
+
+
+def test_prep_modules_import_without_a_cycle():
+    """bert-prep's modules import each other one way only (the shared code is data_prep/prepared.py),
+    including imports inside functions."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "data_prep"
+    graph = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[path.stem] = {
+            node.module.split(".")[1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("data_prep.")
+        } | {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "data_prep"
+            for alias in node.names
+        }
+
+    def cycle_from(module: str, path: list[str]) -> list[str] | None:
+        for dep in sorted(graph.get(module, ())):
+            if dep in path:
+                return [*path[path.index(dep) :], dep]
+            found = cycle_from(dep, [*path, dep])
+            if found:
+                return found
+        return None
+
+    cycles = [c for m in sorted(graph) if (c := cycle_from(m, [m]))]
+    assert not cycles, f"import cycle: {' -> '.join(cycles[0])}"
+    assert {"prepared", "slices"} <= graph["build"] and "prepared" in graph["slices"]
+    assert not graph["prepared"] & {"build", "slices"}

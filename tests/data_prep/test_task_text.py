@@ -141,7 +141,7 @@ def test_bert_prep_builds_pairs_from_task_text(tmp_path, task_wheels, english_to
 
 def test_the_preset_reads_the_split_that_bert_finetune_trains_on(tmp_path):
     from data_prep.config import TASK_TEXT_SOURCES
-    from pretrain.finetune.app import TaskConfig
+    from pretrain.finetune.config import TaskConfig
 
     assert tuple(labelled.SOURCES) == TASK_TEXT_SOURCES  # every fetched data set can be read
 

@@ -342,7 +342,7 @@ def test_zero_save_killed_mid_write_leaves_only_a_temporary_that_resume_ignores(
 def test_downstream_evaluation_under_zero2_leaves_the_losses_unchanged(runs, tmp_path):
     """`eval_downstream` on a 2-process ZeRO-2 run (rank 0 fine-tunes a copy of its full-size
     bf16 module, the other rank waits): the per-step losses are those of the same run without it."""
-    from tests.pretrain.finetune.test_finetune import synthetic, write_splits
+    from tests.finetune_rows import synthetic, write_splits
 
     vocab = (runs.data / "tokenizer" / "vocab.txt").read_text().split()
     words = sorted(w for w in vocab if w.isalpha() and len(w) > 3)[:40]

@@ -4,42 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.pretrain_runs import pretrain, train_losses
+
 pytestmark = pytest.mark.e2e
-
-
-def pretrain(env: dict, work: Path, data: Path, *overrides: str, check: bool = True):
-    cmd = [
-        sys.executable,
-        "-m",
-        "pretrain.train",
-        "experiment=debug",
-        f"work_dir={work}",
-        f"data.dir={data}",
-        "trainer.log_every_n_steps=1",
-        *overrides,
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        )
-    return proc
-
-
-def train_losses(run_dir: Path) -> dict[int, float]:
-    losses = {}
-    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                if row.get("train/loss"):
-                    losses[int(row["step"])] = float(row["train/loss"])
-    return losses
 
 
 def test_pretraining_loss_falls_and_the_run_is_reproducible_from_its_directory(

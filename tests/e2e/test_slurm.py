@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import REPO
-from tests.pretrain.finetune.test_finetune import sequence_files, tiny_model, words  # noqa: F401 (fixtures)
+from tests.slurm_jobs import job_state, wait_for
 
-pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cluster():
-    up = (
-        shutil.which("sbatch")
-        and subprocess.run(
-            [str(REPO / "slurm" / "cluster-up.sh"), "--check"], capture_output=True
-        ).returncode
-        == 0
-    )
-    if not up:
-        if os.environ.get("REQUIRE_SLURM"):  # CI starts the cluster: its absence is a failure
-            pytest.fail("no running SLURM cluster; run slurm/cluster-up.sh (as root)")
-        pytest.skip("no running SLURM cluster (start one with slurm/cluster-up.sh)")
+pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def sbatch(tmp_path, env, *args: str) -> tuple[str, int]:
@@ -60,22 +43,6 @@ def test_pretrain_sbatch_runs_two_tasks_and_names_the_run_by_job_id(
     assert summary["step"] == 4
     assert "global batch 8" in output and "accumulation 1 × 2" in output  # 2 ranks, micro-batch 4
     assert output.count("pretraining finished") == 1
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
-def job_state(job: str) -> str:
-    """PENDING, RUNNING, ... or "" once the job has left the queue."""
-    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
-    return out.stdout.strip()
 
 
 def losses(run) -> dict[int, float]:
@@ -128,10 +95,7 @@ def test_preempted_job_checkpoints_requeues_and_ends_like_an_uninterrupted_one(
 
 
 def test_finetune_sbatch_runs_bert_finetune_and_writes_its_metrics(
-    tiny_model,  # noqa: F811
-    sequence_files,  # noqa: F811
-    tmp_path,
-    app_env,
+    tiny_model, sequence_files, tmp_path, app_env
 ):
     env = dict(app_env, PYTHON=sys.executable)
     job, exit_code = sbatch(tmp_path, env, str(REPO / "slurm" / "finetune.sbatch"),

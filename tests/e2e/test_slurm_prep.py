@@ -13,9 +13,9 @@ from data_prep.config import compose
 from data_prep.tokenizer import train_tokenizer
 from tests.conftest import REPO
 from tests.data_prep.dp_helpers import assert_same_prepared, stdlib_documents, write_txt
-from tests.e2e.test_slurm import cluster, job_state, wait_for  # noqa: F401 (cluster: autouse fixture)
+from tests.slurm_jobs import job_state, wait_for
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
 
 def test_array_job_slices_and_merge_equal_a_single_build(tmp_path, app_env):

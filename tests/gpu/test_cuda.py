@@ -27,8 +27,8 @@ from pretrain.model import (
     hf_state_dict_key_map,
     pretraining_loss,
 )
-from tests.e2e.test_pipeline import pretrain, train_losses
-from tests.pretrain.test_model import batch, tiny
+from tests.pretrain_runs import pretrain, train_losses
+from tests.tiny_bert import batch, tiny
 
 pytestmark = [
     pytest.mark.gpu,

@@ -16,11 +16,13 @@ from pretrain.config import register_configs, to_typed
 from pretrain.config_keys import check_known_keys
 from pretrain.errors import UserError
 from pretrain.export import ExportConfig
-from pretrain.finetune.app import to_typed as finetune_to_typed
+from pretrain.finetune.config import register_configs as register_finetune_configs
+from pretrain.finetune.config import to_typed as finetune_to_typed
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 register_configs()
+register_finetune_configs()
 
 
 def composed(app: str, *overrides: str):

@@ -19,7 +19,7 @@ from pretrain.strategy import (
     deepspeed_config,
 )
 from pretrain.train import NON_ZERO_RANK_OVERRIDES, launch_rank
-from tests.pretrain.test_model import batch
+from tests.tiny_bert import batch
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])

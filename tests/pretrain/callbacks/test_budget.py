@@ -42,7 +42,7 @@ def test_budget_state_round_trips_and_rejects_nonsense():
 def test_training_stops_when_the_budget_is_spent_and_the_schedule_follows_the_clock(
     prepared_english, tmp_path, app_env
 ):
-    from tests.e2e.test_pipeline import pretrain
+    from tests.pretrain_runs import pretrain
 
     overrides = (
         "name=budget",

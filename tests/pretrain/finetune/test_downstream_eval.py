@@ -4,7 +4,6 @@ leaves training exactly as it would have been without it."""
 from __future__ import annotations
 
 import csv
-import json
 import random
 from pathlib import Path
 
@@ -18,14 +17,13 @@ from pretrain.errors import UserError
 from pretrain.finetune.downstream_eval import finetune_copy, prepare_dev_task
 from pretrain.model import BertForPreTraining, preset
 from pretrain.train import CONF_DIR, train
-from tests.pretrain.finetune.test_finetune import synthetic, write_splits
+from tests.finetune_rows import synthetic, vocabulary_words, write_splits
 
 
 @pytest.fixture(scope="module")
 def keyword_files(prepared_english, tmp_path_factory) -> dict:
     """A tiny local sentiment-like task (label `yes` iff a key phrase occurs): never a download."""
-    vocab = json.loads((prepared_english / "tokenizer" / "tokenizer.json").read_text())
-    words = sorted(w for w in vocab["model"]["vocab"] if w.isalpha() and len(w) > 3)[:40]
+    words = vocabulary_words(prepared_english / "tokenizer")
     rows = {"train": synthetic(words, 96, 0, False), "dev": synthetic(words, 32, 1, False)}
     overrides = write_splits(tmp_path_factory.mktemp("keyword"), rows, "csv")
     fields = dict(o.removeprefix("task.").split("=", 1) for o in overrides)

