@@ -242,8 +242,10 @@ def validate_checkpoint(
     model_hparams: dict,
     world_size: int | None = None,
     zero_stage: int | None = None,
+    elastic: bool = False,
 ) -> int:
     """Read a checkpoint's metadata, check it belongs to this model and launch; return its step.
+    `elastic`: a DeepSpeed checkpoint of another world size is accepted (it will be converted).
 
     `zero_stage` is None for the auto/ddp strategies (a single `.ckpt` file is expected) and the
     ZeRO stage under DeepSpeed (a checkpoint directory with one shard per rank is expected; it must
@@ -261,16 +263,18 @@ def validate_checkpoint(
         if zero_stage is None:
             raise UserError(
                 f"checkpoint {path} is a DeepSpeed (sharded) checkpoint but this run does not use "
-                f"DeepSpeed; resume with the strategy it was written with, or consolidate it with "
-                f"`bert-consolidate` and start a new run from the weights"
+                f"DeepSpeed; resume with strategy=deepspeed_zeroN (any number of processes: "
+                f"elastic_resume converts it), or start a new run from its weights with "
+                f"init_from={path} (the optimizer state starts afresh)"
             )
-        ckpt = _read_deepspeed_checkpoint(path, world_size, zero_stage)
+        ckpt = _read_deepspeed_checkpoint(path, None if elastic else world_size, zero_stage)
     else:
         if zero_stage is not None:
             raise UserError(
                 f"checkpoint {path} is a single-file checkpoint but this run uses DeepSpeed, which "
-                f"resumes from its own sharded checkpoint directories; resume with the strategy it "
-                f"was written with, or pass resume=never"
+                f"resumes from its own sharded checkpoint directories; resume with strategy=auto or "
+                f"ddp (any number of processes), or start a new run from its weights with "
+                f"init_from={path} (the optimizer state starts afresh)"
             )
         verify_resumable(path)
         ckpt = _load(path, path)
@@ -317,6 +321,20 @@ def _load(file: Path, checkpoint: Path, deepspeed: bool = False) -> dict:
         older = older_checkpoints(checkpoint)
         fix = f"resume={older[0]}" if older else "resume=never with a new name="
         raise CorruptCheckpointError(f"{err}; pass {fix}") from None
+
+
+def deepspeed_world_size(path: Path) -> int:
+    """How many processes wrote a (validated) DeepSpeed checkpoint directory."""
+    tag_dir = path / (path / "latest").read_text().strip()
+    rank0 = next(
+        f
+        for f in (
+            tag_dir / "mp_rank_00_model_states.pt",
+            tag_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        )
+        if f.is_file()
+    )
+    return int(_load(rank0, path, deepspeed=True)["dp_world_size"])
 
 
 def deepspeed_shard_files(tag_dir: Path, world_size: int, ds_config: dict) -> list[Path]:
@@ -387,8 +405,8 @@ def _read_deepspeed_checkpoint(path: Path, world_size: int | None, zero_stage: i
     if world_size is not None and int(saved_world) != world_size:
         raise UserError(
             f"checkpoint {path} was written by {saved_world} processes but this launch has "
-            f"{world_size}; DeepSpeed shards resume only at the same world size: relaunch with "
-            f"{saved_world} processes, or consolidate it with `bert-consolidate` and start a new run"
+            f"{world_size} and elastic_resume=false; pass elastic_resume=true (converts it to "
+            f"DeepSpeed's universal format once) or relaunch with {saved_world} processes"
         )
     if saved_stage != zero_stage:
         raise UserError(

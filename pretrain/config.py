@@ -355,6 +355,11 @@ class PretrainConfig:
     differently: another model, data, seed, optimizer, schedule, masking, global batch, max_steps,
     time budget, clipping or init_from (normally refused: it is most likely another experiment's
     run; the list is in `pretrain/run_dir.py`). For deliberate changes, e.g. a longer max_steps."""
+    elastic_resume: bool = True
+    """Resume a DeepSpeed checkpoint written by another number of processes: it is converted once
+    to DeepSpeed's universal format beside it (`checkpoints/universal/`) and loaded from there
+    (`pretrain/elastic.py`). False: such a checkpoint is refused. (Single-file checkpoints of the
+    auto/ddp strategies resume on any number of processes as they are.)"""
     model: BertConfig = field(default_factory=BertConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -23,7 +23,12 @@ import uuid
 from pathlib import Path
 
 from pretrain.errors import UserError
-from pretrain.integrity import DIRECTORY_SUMS, verify_checkpoint, write_directory_checksums
+from pretrain.integrity import (
+    DIRECTORY_SUMS,
+    check_deepspeed_files_loadable,
+    verify_checkpoint,
+    write_directory_checksums,
+)
 
 UNIVERSAL_DIR = "universal"
 """Subdirectory of `checkpoints/` holding the conversions."""
@@ -59,6 +64,8 @@ def universal_checkpoint(checkpoint: Path, step: int, rank: int) -> Path:
             )
         time.sleep(1.0)
     verify_checkpoint(final)
+    # DeepSpeed unpickles these itself: each file is read weights-only first, as any checkpoint.
+    check_deepspeed_files_loadable(final / TAG, final)
     return final
 
 

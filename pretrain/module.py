@@ -42,6 +42,7 @@ class BertPretrainingModule(L.LightningModule):
         )
         self.model_cfg, self.optim_cfg, self.schedule_cfg = model_cfg, optim_cfg, schedule_cfg
         self.max_steps = max_steps
+        self._group_weight_decay: list[float] = []  # per optimizer group, as built
         self.model = BertForPreTraining(model_cfg)
         self._val_sums: dict[str, torch.Tensor] = {}
         self._val_label_counts: torch.Tensor | None = None
@@ -158,6 +159,15 @@ class BertPretrainingModule(L.LightningModule):
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
+    def on_train_start(self) -> None:
+        # DeepSpeed's ZeRO-3 universal-checkpoint loader (elastic resume, pretrain/elastic.py)
+        # gives every parameter group the hyperparameters of the first one, which would decay
+        # biases and LayerNorm weights; put back each group's own weight decay.
+        groups = self.trainer.optimizers[0].param_groups if self.trainer.optimizers else []
+        if len(groups) == len(self._group_weight_decay):
+            for group, decay in zip(groups, self._group_weight_decay, strict=True):
+                group["weight_decay"] = decay
+
     def configure_optimizers(self):
         optim_cfg = self.optim_cfg
         trainer = self._trainer
@@ -171,6 +181,7 @@ class BertPretrainingModule(L.LightningModule):
             # unscales inside its step, which Lightning refuses to clip. Same math, batched kernels.
             optim_cfg = dataclasses.replace(optim_cfg, implementation="foreach")
         optimizer = build_optimizer(self.model, optim_cfg)
+        self._group_weight_decay = [g["weight_decay"] for g in optimizer.param_groups]
         scheduler = build_scheduler(
             optimizer, self.schedule_cfg, self.max_steps, self.time_fraction
         )

@@ -14,18 +14,30 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import OmegaConf
 
 from pretrain.checkpointing import (
+    deepspeed_world_size,
     find_resume_checkpoint,
     remove_unfinished_writes,
     validate_checkpoint,
 )
 from pretrain.config import PretrainConfig, Runtime
 from pretrain.data import LoaderSettings, PretrainDataModule
+from pretrain.elastic import universal_checkpoint
 from pretrain.errors import UserError
 from pretrain.model import ARCHITECTURE_FIELDS
 from pretrain.module import BertPretrainingModule
 from pretrain.run_dir import check_run_dir_owner
 from pretrain.tokenizer_check import read_vocab
 from pretrain.weights import load_pretrained
+
+
+@dataclass
+class Resume:
+    """The checkpoint a launch continues from."""
+
+    path: Path | None
+    """What Lightning loads; None: training starts from step 0."""
+    universal: bool = False
+    """`path` is a universal conversion (`pretrain/elastic.py`): DeepSpeed must be told so."""
 
 
 @dataclass
@@ -42,12 +54,13 @@ def prepare_run(
     runtime: Runtime,
     logger: Logger | None,
     time_fraction: Callable[[], float] | None,
+    resume: Resume,
 ) -> PreparedRun:
-    """Choose and check the checkpoint to resume, claim the run directory and write its files,
-    build the module (`time_fraction`: the LR schedule's wall-clock hook) and the data module."""
-    resume_from = resume_checkpoint(cfg, runtime.world_size)
+    """Write the run directory's files, build the module (`time_fraction`: the LR schedule's
+    wall-clock hook) and the data module, for a launch resuming `resume` (chosen, checked and
+    the run directory claimed by `resume_checkpoint`)."""
+    resume_from = resume.path
     run_dir = Path(cfg.run_dir)
-    check_run_dir_owner(run_dir, asdict(cfg), runtime.manifest, allow=cfg.allow_run_dir_mismatch)
     _save_run_files(cfg, runtime.manifest, run_dir)
     if logger:
         logger.log_hyperparams(asdict(cfg))
@@ -55,9 +68,12 @@ def prepare_run(
     return PreparedRun(module, build_datamodule(cfg, runtime), resume_from)
 
 
-def resume_checkpoint(cfg: PretrainConfig, world_size: int) -> Path | None:
+def resume_checkpoint(cfg: PretrainConfig, runtime: Runtime, rank: int = 0) -> Resume:
     """The checkpoint this launch continues (`cfg.resume`), vetted for this model, world size and
-    ZeRO stage before anything loads it; None to start from step 0."""
+    ZeRO stage before anything loads it; then the run directory is claimed (`check_run_dir_owner`),
+    and only then is a DeepSpeed checkpoint of another world size converted to the universal
+    format (`cfg.elastic_resume`; rank 0 converts, the others wait)."""
+    world_size = runtime.world_size
     run_dir = Path(cfg.run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     remove_unfinished_writes(checkpoint_dir)
@@ -67,17 +83,28 @@ def resume_checkpoint(cfg: PretrainConfig, world_size: int) -> Path | None:
             f"note: {run_dir} holds an earlier launch of this run but no checkpoint under "
             f"{checkpoint_dir}: training starts from step 0"
         )
-    if resume_from is not None:
-        arch = {k: getattr(cfg.model, k) for k in ARCHITECTURE_FIELDS}
-        deepspeed = cfg.strategy.name == "deepspeed"
-        step = validate_checkpoint(
-            resume_from,
-            arch,
-            world_size=world_size,
-            zero_stage=cfg.strategy.zero_stage if deepspeed else None,
+    if resume_from is None:
+        _claim_run_dir(cfg, runtime)
+        return Resume(None)
+    arch = {k: getattr(cfg.model, k) for k in ARCHITECTURE_FIELDS}
+    deepspeed = cfg.strategy.name == "deepspeed"
+    step = validate_checkpoint(
+        resume_from,
+        arch,
+        world_size=world_size,
+        zero_stage=cfg.strategy.zero_stage if deepspeed else None,
+        elastic=cfg.elastic_resume,
+    )
+    _claim_run_dir(cfg, runtime)
+    if deepspeed and (written_by := deepspeed_world_size(resume_from)) != world_size:
+        universal = universal_checkpoint(resume_from, step, rank)
+        rank_zero_info(
+            f"resuming from {resume_from} (step {step}), written by {written_by} processes, on "
+            f"{world_size} through its universal conversion {universal}"
         )
-        rank_zero_info(f"resuming from {resume_from} (step {step})")
-    return resume_from
+        return Resume(universal, universal=True)
+    rank_zero_info(f"resuming from {resume_from} (step {step})")
+    return Resume(resume_from)
 
 
 def build_module(
@@ -142,6 +169,12 @@ def initialize_from(model, path: str, cfg: PretrainConfig, tokenizer_dir: Path) 
         )
     model.load_state_dict(source.model.state_dict())
     rank_zero_info(f"initialized from {source.source}")
+
+
+def _claim_run_dir(cfg: PretrainConfig, runtime: Runtime) -> None:
+    check_run_dir_owner(
+        Path(cfg.run_dir), asdict(cfg), runtime.manifest, allow=cfg.allow_run_dir_mismatch
+    )
 
 
 @rank_zero_only

@@ -88,9 +88,10 @@ def uses_cpu(accelerator: str) -> bool:
     return accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
 
 
-def deepspeed_config(cfg: StrategyConfig) -> dict:
+def deepspeed_config(cfg: StrategyConfig, load_universal: bool = False) -> dict:
     """The DeepSpeed dictionary for a ZeRO stage: sharding and offload only. Precision,
-    accumulation, micro-batch and clipping are added by Lightning from the trainer settings."""
+    accumulation, micro-batch and clipping are added by Lightning from the trainer settings.
+    `load_universal`: this launch resumes from a universal checkpoint (`pretrain/elastic.py`)."""
     zero: dict = {"stage": cfg.zero_stage}
     extra: dict = {}
     if cfg.offload_optimizer:
@@ -99,6 +100,8 @@ def deepspeed_config(cfg: StrategyConfig) -> dict:
         extra["zero_force_ds_cpu_optimizer"] = False
     if cfg.offload_parameters:
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    if load_universal:
+        extra["checkpoint"] = {"load_universal": True}
     return {
         "zero_allow_untested_optimizer": True,  # torch's AdamW, built in configure_optimizers
         "zero_optimization": zero,
@@ -106,7 +109,9 @@ def deepspeed_config(cfg: StrategyConfig) -> dict:
     }
 
 
-def build_strategy(cfg: StrategyConfig, accelerator: str = "auto") -> Strategy | str:
+def build_strategy(
+    cfg: StrategyConfig, accelerator: str = "auto", load_universal: bool = False
+) -> Strategy | str:
     if cfg.name == "ddp":
         return DDPStrategy(find_unused_parameters=cfg.find_unused_parameters)
     if cfg.name == "deepspeed":
@@ -117,8 +122,8 @@ def build_strategy(cfg: StrategyConfig, accelerator: str = "auto") -> Strategy |
                     f"DS_ACCELERATOR={os.environ['DS_ACCELERATOR']!r} but trainer.accelerator "
                     f"is the CPU; unset DS_ACCELERATOR or set it to 'cpu'"
                 )
-            return CPUDeepSpeedStrategy(config=deepspeed_config(cfg))
-        return ZeROStrategy(config=deepspeed_config(cfg))
+            return CPUDeepSpeedStrategy(config=deepspeed_config(cfg, load_universal))
+        return ZeROStrategy(config=deepspeed_config(cfg, load_universal))
     return "auto"
 
 
@@ -175,7 +180,7 @@ def check_slurm_tasks(trainer) -> None:
         )
 
 
-def distribution_kwargs(strategy: StrategyConfig, trainer) -> dict:
+def distribution_kwargs(strategy: StrategyConfig, trainer, load_universal: bool = False) -> dict:
     """The `lightning.Trainer` arguments that place the work: devices, nodes, strategy, precision.
 
     `trainer` is any config with accelerator, devices, num_nodes and precision (pretraining's and
@@ -186,6 +191,6 @@ def distribution_kwargs(strategy: StrategyConfig, trainer) -> dict:
         accelerator=trainer.accelerator,
         devices=trainer.devices,
         num_nodes=trainer.num_nodes,
-        strategy=build_strategy(strategy, trainer.accelerator),
+        strategy=build_strategy(strategy, trainer.accelerator, load_universal),
         precision=resolve_precision(trainer.precision, trainer.accelerator),
     )

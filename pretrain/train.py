@@ -44,7 +44,7 @@ from pretrain.errors import exit_on_user_error
 from pretrain.loggers import build_logger
 from pretrain.report import final_report
 from pretrain.run_dir import sweep_run_dir
-from pretrain.run_setup import PreparedRun, prepare_run
+from pretrain.run_setup import PreparedRun, prepare_run, resume_checkpoint
 from pretrain.trainer_factory import BuiltTrainer, build_trainer, planned_world_size
 from pretrain.versions import check_versions
 
@@ -56,10 +56,14 @@ def train(cfg: PretrainConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     runtime = resolve_runtime(cfg, planned_world_size(cfg.trainer))
     logger = build_logger(cfg.logger, run_dir, cfg.name, launch_rank())
-    built = build_trainer(cfg, runtime, logger, downstream_eval(cfg, runtime))
+    # Before the Trainer: resuming another world size's ZeRO checkpoint changes DeepSpeed's config.
+    resume = resume_checkpoint(cfg, runtime, launch_rank())
+    built = build_trainer(
+        cfg, runtime, logger, downstream_eval(cfg, runtime), load_universal=resume.universal
+    )
     budget = built.budget
     time_fraction = (lambda: budget.fraction) if budget is not None else None
-    run = prepare_run(cfg, runtime, logger, time_fraction)
+    run = prepare_run(cfg, runtime, logger, time_fraction, resume)
     if not fit(built, run, cfg.trainer, last):  # exit_after_steps or preemption
         rank_zero_info(
             f"stopped at step {built.trainer.global_step} of {cfg.trainer.max_steps}; run the "

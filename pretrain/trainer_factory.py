@@ -50,12 +50,14 @@ def build_trainer(
     runtime: Runtime,
     logger: Logger | None,
     downstream_eval: Callable[[ThroughputMonitor], Callback] | None = None,
+    load_universal: bool = False,
 ) -> BuiltTrainer:
     """The Trainer for `cfg`, accumulating `runtime.accumulate_grad_batches` micro-batches per
     optimizer step over `runtime.world_size` processes; `logger`: None for none.
 
     `downstream_eval` builds the evaluation callback (`eval_downstream.*`; None: off) from the
     throughput monitor that leaves its time out; the caller imports it, as fine-tuning is optional.
+    `load_universal`: DeepSpeed resumes from a universal checkpoint (`pretrain/elastic.py`).
     """
     # A rich bar (steps, tokens/s, ETA) in terminals; plain lines (ThroughputMonitor) in batch
     # jobs, whose output files a redrawn bar would fill with carriage returns.
@@ -68,7 +70,7 @@ def build_trainer(
     preemption = PreemptionCheckpoint(Path(cfg.run_dir) / "checkpoints" / LAST)
     accumulation = runtime.accumulate_grad_batches
     trainer = L.Trainer(
-        **distribution_kwargs(cfg.strategy, cfg.trainer),
+        **distribution_kwargs(cfg.strategy, cfg.trainer, load_universal),
         max_steps=cfg.trainer.max_steps,
         max_epochs=-1,  # training is step-based over an endless sample stream
         accumulate_grad_batches=accumulation,
