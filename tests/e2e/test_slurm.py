@@ -126,3 +126,27 @@ def test_more_tasks_than_devices_fails_with_the_fix(prepared_english, tmp_path, 
     assert "error: SLURM started 2 tasks on 1 node(s)" in output, output[-4000:]
     assert "--ntasks-per-node=1" in output and "trainer.devices=2 trainer.num_nodes=1" in output
     assert "Traceback" not in output
+
+
+def test_requeued_job_on_fewer_tasks_resumes_a_zero_checkpoint_elastically(
+    prepared_english, tmp_path, app_env
+):
+    """A 2-task ZeRO-2 job stops at step 4; the job that comes back under the same RUN_NAME has
+    1 task: it resumes through the universal conversion and ends like an uninterrupted 2-task job."""
+    env = dict(app_env, PYTHON=sys.executable, DS_ACCELERATOR="cpu")
+    common = [str(REPO / "slurm" / "pretrain.sbatch"), "experiment=debug",
+              f"work_dir={tmp_path}", f"data.dir={prepared_english}", "strategy=deepspeed_zero2",
+              "trainer.precision=32", "model.hidden_dropout=0", "model.attention_dropout=0",
+              "trainer.max_steps=8", "trainer.val_check_interval=8",
+              "trainer.checkpoint_every_n_steps=4", "trainer.log_every_n_steps=1"]  # fmt: skip
+    two = ["--ntasks-per-node=2", "--cpus-per-task=1"]
+    runs = (("whole", two, []), ("elastic", two, ["trainer.exit_after_steps=4"]),
+            ("elastic", ["--ntasks-per-node=1"], []))  # fmt: skip
+    for run_name, tasks, extra in runs:
+        _, exit_code = sbatch(tmp_path, dict(env, RUN_NAME=run_name), *tasks, *common, *extra)
+        output = "".join(p.read_text() for p in tmp_path.glob("slurm-*.out"))
+        assert exit_code == 0, output[-4000:]
+    assert "written by 2 processes, on 1 through its universal conversion" in output
+    whole, elastic = losses(tmp_path / "runs" / "whole"), losses(tmp_path / "runs" / "elastic")
+    assert sorted(whole) == sorted(elastic) and len(whole) == 8
+    assert max(abs(whole[s] - elastic[s]) / whole[s] for s in whole) <= 1e-5
