@@ -5,6 +5,10 @@ safetensors, so exporting works where only the training dependencies are install
 checkpoint, run or Hugging Face directory is `pretrain/weights.py`.
 
     bert-export checkpoint=work/runs/demo output_dir=work/export/demo
+    bert-export checkpoint=work/finetune/rotten_tomatoes-pretrained-s1234 output_dir=work/export/rt
+
+A `bert-finetune` run directory exports as `BertForSequenceClassification` /
+`BertForTokenClassification` (`pretrain/finetune/hf_export.py` reads it).
 """
 
 from __future__ import annotations
@@ -82,8 +86,6 @@ def export_hf(pretrained: Pretrained, output_dir: Path, overwrite: bool = False)
     """Write `pretrained` as a Hugging Face directory: into a temporary sibling, renamed into
     place when complete. An existing `output_dir` is replaced only when it is empty or an earlier
     export and `overwrite` is set (`check_output_dir`)."""
-    from safetensors.torch import save_file
-
     if pretrained.config.norm_position != "post":
         raise UserError(
             f"{pretrained.source}: a model.norm_position={pretrained.config.norm_position!r} model "
@@ -93,22 +95,46 @@ def export_hf(pretrained: Pretrained, output_dir: Path, overwrite: bool = False)
         )
     output_dir = Path(output_dir)
     check_output_dir(output_dir, overwrite)
+    key_map = hf_state_dict_key_map(pretrained.config)
+    state = pretrained.model.state_dict()
+    tensors = {
+        key_map[k]: v.detach().float().contiguous() for k, v in state.items() if k != TIED_KEY
+    }
+    return write_hf_dir(
+        output_dir,
+        tensors,
+        hf_config_dict(pretrained.config),
+        pretrained.tokenizer_dir,
+        model_card(pretrained),
+        overwrite,
+    )
+
+
+def write_hf_dir(
+    output_dir: Path,
+    tensors: dict,
+    config: dict,
+    tokenizer_dir: Path,
+    card: str,
+    overwrite: bool = False,
+) -> Path:
+    """`model.safetensors`, `config.json`, the tokenizer files and `README.md`, written into a
+    temporary sibling and renamed into place when complete (`check_output_dir` first)."""
+    from safetensors.torch import save_file
+
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, overwrite)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = output_dir.with_name(f".{output_dir.name}.tmp-{tag}")
     tmp.mkdir(parents=True)
     try:
-        key_map = hf_state_dict_key_map(pretrained.config)
-        state = pretrained.model.state_dict()
-        tensors = {
-            key_map[k]: v.detach().float().contiguous() for k, v in state.items() if k != TIED_KEY
-        }
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         _apply_umask(tmp / "model.safetensors")  # safetensors creates its file 0600
-        (tmp / "config.json").write_text(json.dumps(hf_config_dict(pretrained.config), indent=2))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
         for name in TOKENIZER_FILES:
-            if (pretrained.tokenizer_dir / name).is_file():
-                shutil.copyfile(pretrained.tokenizer_dir / name, tmp / name)
-        (tmp / "README.md").write_text(model_card(pretrained))
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
+        (tmp / "README.md").write_text(card)
         if output_dir.exists():  # empty, or an earlier export (checked above)
             old = output_dir.with_name(f".{output_dir.name}.old-{tag}")
             output_dir.rename(old)
@@ -120,6 +146,26 @@ def export_hf(pretrained: Pretrained, output_dir: Path, overwrite: bool = False)
         if tmp.exists():
             shutil.rmtree(tmp)
     return output_dir
+
+
+def export_finetuned(run: Path, output_dir: Path, overwrite: bool = False) -> Path:
+    """A `bert-finetune` run directory as a Hugging Face `BertForSequenceClassification` or
+    `BertForTokenClassification` directory (`pretrain/finetune/hf_export.py` reads the run and
+    refuses heads transformers cannot represent)."""
+    from pretrain.finetune.hf_export import read_for_export
+
+    check_output_dir(Path(output_dir), overwrite)  # before reading the run: fail fast
+    hf = read_for_export(run)
+    return write_hf_dir(
+        output_dir, hf.tensors, hf.config, hf.tokenizer_dir, hf.model_card, overwrite
+    )
+
+
+def is_finetune_run(path: Path) -> bool:
+    """A `bert-finetune` run directory (or its checkpoint): `config.yaml` and `labels.json`."""
+    path = Path(path)
+    run = path if path.is_dir() else path.parent.parent
+    return (run / "labels.json").is_file() and (run / "config.yaml").is_file()
 
 
 def _apply_umask(path: Path) -> None:
@@ -155,7 +201,8 @@ def model_card(pretrained: Pretrained) -> str:
 @dataclass
 class ExportConfig:
     checkpoint: str = "???"
-    """A .ckpt, a run directory (its newest checkpoint), or a Hugging Face directory."""
+    """A .ckpt, a run directory (its newest checkpoint), a Hugging Face directory, or a
+    `bert-finetune` run directory (exported as a sequence/token classifier)."""
     output_dir: str = "???"
     """Where the Hugging Face directory is written: a new or empty directory, or an earlier export
     when `overwrite` is set. Any other existing directory is refused (nothing is deleted)."""
@@ -170,6 +217,13 @@ ConfigStore.instance().store(name="export_schema", node=ExportConfig)
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
     check_known_keys(cfg, ExportConfig)  # a `+key=value` would otherwise be silently ignored
+    if is_finetune_run(Path(cfg.checkpoint)):
+        out = export_finetuned(Path(cfg.checkpoint), Path(cfg.output_dir), cfg.overwrite)
+        print(
+            f"exported fine-tuned run {cfg.checkpoint} -> {out} (load with transformers' "
+            "AutoModelForSequenceClassification / AutoModelForTokenClassification)"
+        )
+        return
     pretrained = load_pretrained(cfg.checkpoint)
     out = export_hf(pretrained, Path(cfg.output_dir), overwrite=cfg.overwrite)
     print(f"exported {pretrained.source} -> {out} (load with transformers' from_pretrained)")

@@ -156,7 +156,11 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention through `scaled_dot_product_attention` (fused kernels on GPU)."""
+    """Multi-head self-attention through `scaled_dot_product_attention` (fused kernels on GPU).
+
+    When its attention probabilities are asked for (`probs`), it takes an explicit softmax instead,
+    masked as transformers' eager attention is: for inspection, not for training.
+    """
 
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -169,7 +173,14 @@ class SelfAttention(nn.Module):
         self.out = Linear(cfg.hidden_size, cfg.hidden_size, fast)
         self.attention_dropout = cfg.attention_dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        probs: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`probs`: a list this layer appends its attention probabilities (B, nh, T, T) to (before
+        dropout); None (training, the default) keeps SDPA."""
         B, T, H = x.shape
         nh, hs = self.num_heads, H // self.num_heads
         if self.fused_qkv:
@@ -188,9 +199,32 @@ class SelfAttention(nn.Module):
             )
         dropout_p = self.attention_dropout if self.training else 0.0
         # attn_mask: (B, 1, 1, T) bool, True = may attend; None when nothing is padded.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        if probs is None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+        else:
+            y = explicit_attention(q, k, v, attn_mask, dropout_p, probs)
         y = y.transpose(1, 2).reshape(B, T, H)  # (B, nh, T, hs) -> (B, T, H)
         return self.out(y)
+
+
+def explicit_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    probs: list[torch.Tensor],
+) -> torch.Tensor:
+    """softmax(q kᵀ / √hs) v written out, appending the (B, nh, T, T) probabilities to `probs`.
+
+    Padded keys get the dtype's lowest score rather than -inf, as in transformers, so their
+    probability is 0 and no row is ever NaN."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.size(-1) ** -0.5  # (B, nh, T, T)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    p = scores.softmax(dim=-1)
+    probs.append(p)
+    return torch.matmul(F.dropout(p, dropout_p) if dropout_p else p, v)  # (B, nh, T, hs)
 
 
 class EncoderLayer(nn.Module):
@@ -208,11 +242,17 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        probs: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`probs`: see `SelfAttention.forward`."""
         if self.pre_norm:
-            x = x + self.dropout(self.attention(self.attention_norm(x), attn_mask))
+            x = x + self.dropout(self.attention(self.attention_norm(x), attn_mask, probs))
             return x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x)))))
-        x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask)))
+        x = self.attention_norm(x + self.dropout(self.attention(x, attn_mask, probs)))
         x = self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
         return x  # (B, T, H)
 
@@ -242,8 +282,14 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (last hidden states (B, T, H), pooled `[CLS]` output (B, H))."""
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
+        """Returns (last hidden states (B, T, H), pooled `[CLS]` output (B, H)).
+
+        `output_attentions=True` adds a third item: the attention probabilities of every layer, a
+        tuple of num_layers (B, nh, T, T) tensors (rows: queries, columns: keys; padded keys 0),
+        computed with an explicit softmax instead of SDPA (same outputs up to float rounding).
+        """
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         attn_mask = None
@@ -252,6 +298,8 @@ class BertModel(nn.Module):
             # Skipped when nothing is padded so SDPA can take its mask-free fast path.
             attn_mask = attention_mask.bool()[:, None, None, :]
         x = self.embeddings(input_ids, token_type_ids)
+        if output_attentions:
+            return self._forward_with_attentions(x, attn_mask)
         checkpointing = self.cfg.activation_checkpointing and self.training
         for layer in self.layers:
             if checkpointing:
@@ -263,6 +311,18 @@ class BertModel(nn.Module):
             x = self.final_norm(x)
         pooled = torch.tanh(self.pooler(x[:, 0]))
         return x, pooled
+
+    def _forward_with_attentions(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The layers, pooler and final norm of `forward`, collecting attention probabilities (no
+        activation checkpointing: its recomputation would collect them twice)."""
+        probs: list[torch.Tensor] = []
+        for layer in self.layers:
+            x = layer(x, attn_mask, probs)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, torch.tanh(self.pooler(x[:, 0])), tuple(probs)
 
 
 class MLMHead(nn.Module):
@@ -339,6 +399,17 @@ class BertForPreTraining(nn.Module):
         else:
             mlm_logits = self.mlm(hidden)
         return PretrainingOutput(mlm_logits, self.nsp(pooled), hidden, pooled)
+
+    def attentions(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Attention probabilities of every layer: num_layers tensors (B, nh, T, T), each row a
+        query position's distribution over the keys (`BertModel.forward(output_attentions=True)`).
+        """
+        return self.bert(input_ids, token_type_ids, attention_mask, output_attentions=True)[2]
 
     def compile_blocks(self) -> None:
         """`torch.compile` the embeddings, each encoder layer and the MLM head in place.
