@@ -43,7 +43,10 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (the writer of a temporary)."""
+    if pid <= 0:  # not a real writer's pid (os.kill would address a process group)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -76,7 +79,7 @@ def clean_leftovers(final: str | Path) -> list[Path]:
     for path in final.parent.iterdir():
         match = pattern.fullmatch(path.name)
         # No host in the name: written before names had one; judged by its pid alone.
-        if match and match[3] in (None, host) and not _process_alive(int(match[2])):
+        if match and match[3] in (None, host) and not process_alive(int(match[2])):
             stale.append((match[1], path))
     if not stale:
         return []

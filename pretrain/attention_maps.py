@@ -27,7 +27,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.config_keys import check_known_keys
+from pretrain.config_keys import to_schema
 from pretrain.config_path import CONF_DIR
 from pretrain.errors import UserError, exit_on_user_error
 from pretrain.weights import load_pretrained
@@ -353,11 +353,10 @@ def attention_maps(cfg: AttentionConfig) -> Path:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="attention")
 @exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> None:
-    check_known_keys(cfg, AttentionConfig)  # a `+key=value` would otherwise be silently ignored
     for key, name in (("model_path", "model"), ("text", "text")):
         if OmegaConf.is_missing(cfg, key):
             raise UserError(f"{name}= is required: bert-attention model=PATH 'text=\"...\"'")
-    config: AttentionConfig = OmegaConf.to_object(cfg)
+    config = to_schema(cfg, AttentionConfig)  # unknown keys and bad values: one line
     path = attention_maps(config)
     print(f"wrote {path} ({math.ceil(path.stat().st_size / 1024)} KiB)")
 

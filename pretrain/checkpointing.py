@@ -14,6 +14,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from data_prep.files import process_alive
 from pretrain.errors import UserError
 from pretrain.integrity import (
     CorruptCheckpointError,
@@ -108,18 +109,6 @@ def _writer_pid(path: Path) -> int | None:
     return int(head) if head.isdigit() else None
 
 
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:  # not a real writer's pid (os.kill would address a process group)
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 @rank_zero_only
 def remove_unfinished_writes(checkpoint_dir: Path) -> list[Path]:
     """Delete temporaries left in `checkpoint_dir` by an interrupted launch (killed mid-save),
@@ -128,7 +117,7 @@ def remove_unfinished_writes(checkpoint_dir: Path) -> list[Path]:
     removed = []
     for leftover in unfinished_writes(Path(checkpoint_dir)):
         pid = _writer_pid(leftover)
-        if pid is not None and pid != os.getpid() and _process_alive(pid):
+        if pid is not None and pid != os.getpid() and process_alive(pid):
             continue
         _remove(leftover)
         removed.append(leftover)

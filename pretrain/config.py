@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pretrain.config_keys import check_known_keys
+from pretrain.config_keys import to_schema
 from pretrain.errors import UserError
 from pretrain.masking import MaskingConfig
 from pretrain.model import BertConfig
@@ -402,13 +402,7 @@ def register_configs() -> None:
 
 def to_typed(cfg: DictConfig) -> PretrainConfig:
     """Composed DictConfig -> validated dataclasses; a bad value becomes a `UserError`."""
-    check_known_keys(cfg, PretrainConfig)  # to_object would drop a `+key=value` it lacks
-    try:
-        typed = OmegaConf.to_object(cfg)
-    except ValueError as err:  # raised by a __post_init__, names the field
-        raise UserError(f"invalid config: {err}") from None
-    assert isinstance(typed, PretrainConfig)
-    return typed
+    return to_schema(cfg, PretrainConfig)
 
 
 @dataclass

@@ -92,3 +92,19 @@ def check_known_keys(cfg: DictConfig | Mapping, schema: type) -> None:
         hint = _describe(dotted, where)[0]
         named.append(f"{dotted} ({hint})" if hint else dotted)
     raise UserError(f"unknown config keys {', '.join(named)} ({why}): check the spelling")
+
+
+T = typing.TypeVar("T")
+
+
+def to_schema(cfg: DictConfig, schema: type[T]) -> T:
+    """A composed config as validated `schema` dataclasses: unknown keys refused first (see the
+    module docstring), then each `__post_init__`'s `ValueError` (it names the field) as a
+    one-line `UserError`."""
+    check_known_keys(cfg, schema)
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except ValueError as err:
+        raise UserError(f"invalid config: {err}") from None
+    assert isinstance(typed, schema)
+    return typed

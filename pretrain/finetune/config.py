@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pretrain.config import (
     PRECISIONS,
@@ -16,8 +16,7 @@ from pretrain.config import (
     ScheduleConfig,
     StrategyConfig,
 )
-from pretrain.config_keys import check_known_keys
-from pretrain.errors import UserError
+from pretrain.config_keys import to_schema
 from pretrain.finetune.data import SEQUENCE, TASK_TYPES
 
 SOURCES = ("files", "hf", "rotten_tomatoes", "wnut16")
@@ -209,10 +208,4 @@ def register_configs() -> None:
 
 def to_typed(cfg: DictConfig) -> FinetuneConfig:
     """Composed DictConfig -> validated dataclasses; a bad value becomes a `UserError`."""
-    check_known_keys(cfg, FinetuneConfig)  # to_object would drop a `+key=value` it lacks
-    try:
-        typed = OmegaConf.to_object(cfg)
-    except ValueError as err:  # raised by a __post_init__, names the field
-        raise UserError(f"invalid config: {err}") from None
-    assert isinstance(typed, FinetuneConfig)
-    return typed
+    return to_schema(cfg, FinetuneConfig)

@@ -38,9 +38,9 @@ from pathlib import Path
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pretrain.config_keys import check_known_keys
+from pretrain.config_keys import to_schema
 from pretrain.config_path import CONF_DIR
 from pretrain.errors import UserError, exit_on_user_error
 from pretrain.finetune.data import SEQUENCE
@@ -405,13 +405,7 @@ def register_configs() -> None:
 
 def to_typed(cfg: DictConfig) -> PredictConfig:
     """Composed DictConfig -> the validated dataclass; a bad value becomes a `UserError`."""
-    check_known_keys(cfg, PredictConfig)
-    try:
-        typed = OmegaConf.to_object(cfg)
-    except ValueError as err:
-        raise UserError(f"invalid config: {err}") from None
-    assert isinstance(typed, PredictConfig)
-    return typed
+    return to_schema(cfg, PredictConfig)
 
 
 register_configs()

@@ -23,10 +23,8 @@ must reproduce the uninterrupted one to 1e-6 (it was bit-identical when measured
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,7 +38,8 @@ from pretrain.checkpointing import is_unfinished_write, unfinished_writes, valid
 from pretrain.consolidate import load_consolidated
 from pretrain.errors import UserError
 from pretrain.model import BertForPreTraining
-from tests.conftest import REPO
+from tests.pretrain_runs import distributed_env as env
+from tests.pretrain_runs import free_port, torchrun
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.e2e]
 
@@ -59,28 +58,6 @@ COMMON = (
     "trainer.limit_val_batches=1",
     "trainer.enable_progress_bar=false",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), e.get("PYTHONPATH", "")]))
-    e["TOKENIZERS_PARALLELISM"] = "false"
-    e["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
-    e["DS_ACCELERATOR"] = "cpu"
-    return e
-
-
-def torchrun(nproc: int, *args: str) -> list[str]:
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args,
-    ]  # fmt: skip
 
 
 def app_args(*overrides: str) -> list[str]:

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from pretrain.errors import UserError
-from tests.conftest import REPO
+from tests.pretrain_runs import distributed_env as env
+from tests.pretrain_runs import torchrun
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.e2e]
 
@@ -36,25 +37,6 @@ COMMON = (
 )  # fmt: skip
 
 
-def env() -> dict[str, str]:
-    import os
-
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), e.get("PYTHONPATH", "")]))
-    e["TOKENIZERS_PARALLELISM"] = "false"
-    e["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
-    e["DS_ACCELERATOR"] = "cpu"
-    return e
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Launcher:
     def __init__(self, work: Path, data: Path):
         self.work, self.data = work, data
@@ -62,12 +44,7 @@ class Launcher:
     def __call__(self, name: str, nproc: int, *overrides: str, check: bool = True):
         app = ["-m", "pretrain.train", *COMMON, f"work_dir={self.work}", f"data.dir={self.data}",
                f"name={name}", f"trainer.devices={nproc}", *overrides]  # fmt: skip
-        cmd = (
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *app]
-            if nproc > 1
-            else [sys.executable, *app]
-        )  # fmt: skip
+        cmd = torchrun(nproc, *app) if nproc > 1 else [sys.executable, *app]
         proc = subprocess.run(cmd, env=env(), cwd=self.work, capture_output=True, text=True,
                               timeout=600)  # fmt: skip
         if check:
