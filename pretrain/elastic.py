@@ -4,9 +4,9 @@ DeepSpeed's shards are cut for the world size that wrote them. Its universal che
 (`deepspeed.checkpoint.ds_to_universal`) holds every parameter's fp32 master copy and optimizer
 moments whole, one directory per parameter, which an engine of any world size loads with
 `"checkpoint": {"load_universal": true}` and slices for its own rank. `universal_checkpoint`
-converts a checkpoint once, into `checkpoints/universal/step{N}-{digest}` beside it (the digest is
-that of the source's `sha256sums.txt`, so a later checkpoint of the same step is converted anew),
-atomically (a temporary sibling, renamed when complete, with its own `sha256sums.txt`), and
+converts a checkpoint once, into the resuming run's `checkpoints/universal/step{N}-{digest}` (the
+digest is that of the source's `sha256sums.txt`, so a later checkpoint of the same step is
+converted anew), atomically (a temporary sibling, renamed when complete, with its own `sha256sums.txt`), and
 reuses the conversion on the next launch. The sample stream is indexed by optimizer step, not by
 rank, so the resumed run trains on exactly the samples the uninterrupted one would have.
 """
@@ -40,19 +40,24 @@ WAIT_SECONDS = 3600
 """How long ranks other than 0 wait for rank 0's conversion (large models take minutes)."""
 
 
-def universal_path(checkpoint: Path, step: int) -> Path:
-    """Where the conversion of `checkpoint` (a DeepSpeed directory at optimizer step `step`) goes."""
+def universal_path(checkpoint: Path, step: int, checkpoint_dir: Path | None = None) -> Path:
+    """Where the conversion of `checkpoint` (a DeepSpeed directory at optimizer step `step`) goes:
+    under `checkpoint_dir/universal/` (the resuming run's own; default: beside the checkpoint)."""
     checkpoint = Path(checkpoint)
     sums = checkpoint / DIRECTORY_SUMS
     identity = sums.read_bytes() if sums.is_file() else str(checkpoint.resolve()).encode()
     digest = hashlib.sha256(identity).hexdigest()[:12]
-    return checkpoint.parent / UNIVERSAL_DIR / f"step{step:07d}-{digest}"
+    parent = Path(checkpoint_dir) if checkpoint_dir is not None else checkpoint.parent
+    return parent / UNIVERSAL_DIR / f"step{step:07d}-{digest}"
 
 
-def universal_checkpoint(checkpoint: Path, step: int, rank: int) -> Path:
+def universal_checkpoint(
+    checkpoint: Path, step: int, rank: int, checkpoint_dir: Path | None = None
+) -> Path:
     """The universal conversion of `checkpoint`, made by rank 0 if it does not exist yet (every
-    rank calls this; the others wait for it). `checkpoint` must be validated already."""
-    final = universal_path(checkpoint, step)
+    rank calls this; the others wait for it), in the resuming run's `checkpoint_dir` (a
+    checkpoint of another run, `resume=PATH`, is only read). `checkpoint` must be validated."""
+    final = universal_path(checkpoint, step, checkpoint_dir)
     if rank == 0 and not final.is_dir():
         _convert(Path(checkpoint), final)
     deadline = time.monotonic() + WAIT_SECONDS

@@ -97,7 +97,7 @@ def resume_checkpoint(cfg: PretrainConfig, runtime: Runtime, rank: int = 0) -> R
     )
     _claim_run_dir(cfg, runtime)
     if deepspeed and (written_by := deepspeed_world_size(resume_from)) != world_size:
-        universal = universal_checkpoint(resume_from, step, rank)
+        universal = universal_checkpoint(resume_from, step, rank, checkpoint_dir)
         rank_zero_info(
             f"resuming from {resume_from} (step {step}), written by {written_by} processes, on "
             f"{world_size} through its universal conversion {universal}"

@@ -244,15 +244,19 @@ def test_sharded_checkpoint_errors_name_what_differs(runs, tmp_path):
         validate_checkpoint(broken, {}, world_size=2, zero_stage=3)
 
 
-def test_resuming_with_another_world_size_fails_clearly(runs):
+def test_resuming_with_another_world_size_without_elastic_resume_fails_clearly(runs):
+    """(With elastic_resume, the default, it resumes: tests/e2e/test_elastic.py.)"""
     checkpoint = runs.two_process(3) / "checkpoints" / "last.ckpt"
     proc = runs.launch(
-        "other_world", 1, "strategy=deepspeed_zero3", f"resume={checkpoint}", check=False
-    )
+        "other_world", 1, "strategy=deepspeed_zero3", f"resume={checkpoint}",
+        "elastic_resume=false", check=False,
+    )  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert (
-        f"checkpoint {checkpoint} was written by 2 processes but this launch has 1" in proc.stderr
+        f"checkpoint {checkpoint} was written by 2 processes but this launch has 1 and "
+        "elastic_resume=false" in proc.stderr
     )
+    assert not (checkpoint.parent / "universal").exists()  # nothing written beside it
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(runs):
