@@ -223,6 +223,28 @@ def test_errors_name_the_fix(sequence_run, tiny_model, tmp_path):
         predict(tmp_path, f"model={sequence_run}", "text=x", "+batchsize=3")
 
 
+def test_a_crafted_checkpoint_in_a_run_is_refused_and_never_runs(sequence_run, tmp_path):
+    """Someone replaced the run's best.ckpt (and its checksum) with a pickle that runs code."""
+    import shutil
+
+    import torch
+
+    from pretrain.integrity import checksum_path
+    from tests.faults import booby_trapped
+
+    run = tmp_path / "run"
+    shutil.copytree(sequence_run, run)
+    best = run / "checkpoints" / "best.ckpt"
+    marker = tmp_path / "pwned"
+    contents = torch.load(best, weights_only=True)  # not memory-mapped: the file is rewritten
+    booby_trapped(best, marker, contents)
+    checksum_path(best).unlink(missing_ok=True)
+    with pytest.raises(UserError, match=r"refusing to load .*best\.ckpt.*posix\.system"):
+        predict(tmp_path, f"model={run}", "text=hello")
+    assert not marker.exists()
+    assert torch.load(best, weights_only=False) and marker.exists()  # the trap is real
+
+
 @pytest.mark.e2e
 def test_bert_predict_command(sequence_run, sequence_files, tmp_path, app_env):
     out = tmp_path / "p.csv"
