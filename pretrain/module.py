@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 
 from pretrain.config import OptimConfig, ScheduleConfig
 from pretrain.model import BertConfig, BertForPreTraining, pretraining_loss
-from pretrain.optim import build_optimizer, build_scheduler
+from pretrain.optim import build_optimizer, build_scheduler, repair_loaded_optimizer
 
 
 class BertPretrainingModule(L.LightningModule):
@@ -160,13 +160,8 @@ class BertPretrainingModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_start(self) -> None:
-        # DeepSpeed's ZeRO-3 universal-checkpoint loader (elastic resume, pretrain/elastic.py)
-        # gives every parameter group the hyperparameters of the first one, which would decay
-        # biases and LayerNorm weights; put back each group's own weight decay.
-        groups = self.trainer.optimizers[0].param_groups if self.trainer.optimizers else []
-        if len(groups) == len(self._group_weight_decay):
-            for group, decay in zip(groups, self._group_weight_decay, strict=True):
-                group["weight_decay"] = decay
+        if self.trainer.optimizers:
+            repair_loaded_optimizer(self.trainer.optimizers[0], self._group_weight_decay)
 
     def configure_optimizers(self):
         optim_cfg = self.optim_cfg

@@ -6,9 +6,9 @@ step 4 (`trainer.exit_after_steps`) and are resumed with the other number of pro
 reference is the uninterrupted run (1 and 2 processes agree to within 1e-7 here). Tolerance
 1e-5 relative per step: the ranks sum gradients in another order than accumulation steps do, so
 fp32 rounding differs; a lost optimizer moment or a repeated sample moves the losses by far more
-within a step. ZeRO-3 is the exception, stated in docs/distributed.md: its weights are restored
-exactly (the first resumed step agrees to 1e-6) but DeepSpeed's stage-3 universal loader restores
-the optimizer state slightly differently (measured: 2e-4 relative after 4 steps).
+within a step. ZeRO-3 goes through DeepSpeed's stage-3 universal loader, whose optimizer state
+the module repairs on load (pretrain/optim.py `repair_loaded_optimizer`); without that repair its
+losses drifted by 2e-4 relative within 4 steps.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ pytestmark = [pytest.mark.multiprocess, pytest.mark.e2e]
 
 STEPS, STOP = 8, 4
 TOL = 1e-5
-ZERO3_TOL = 1e-3
 COMMON = (
     "experiment=debug", "trainer.precision=32", "model.hidden_dropout=0",
     "model.attention_dropout=0", f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS}",
@@ -108,14 +107,26 @@ def test_zero2_resumes_on_another_number_of_processes_through_a_universal_checkp
     assert validate_checkpoint(last, {}, world_size=then, zero_stage=2) == STEPS
 
 
-def test_zero3_resumes_on_fewer_processes(launch):
+@pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
+def test_zero3_resumes_on_another_number_of_processes(launch, first, then):
     launch("zero3_ref", 1, "strategy=deepspeed_zero3")
     reference = launch.losses("zero3_ref")
-    log = launch.resumed("zero3_2to1", 2, 1, "strategy=deepspeed_zero3")
+    name = f"zero3_{first}to{then}"
+    log = launch.resumed(name, first, then, "strategy=deepspeed_zero3")
     assert "through its universal conversion" in log
-    resumed = launch.losses("zero3_2to1")
-    assert abs(resumed[STOP] - reference[STOP]) <= 1e-6 * reference[STOP]  # weights exact
-    assert worst(reference, resumed) <= ZERO3_TOL
+    assert worst(reference, launch.losses(name)) <= TOL
+
+
+def test_zero2_grows_from_two_to_four_processes(launch):
+    # Micro-batches of 2 so that 4 ranks fit the global batch of 8 (the 2-rank launches accumulate
+    # 2). The reference uses them too: the MLM loss is a mean over each micro-batch's masked
+    # tokens, so the micro-batch size (not the world size) weights the tokens of a step.
+    micro = "data.micro_batch_size=2"
+    launch("zero2_ref_micro2", 2, "strategy=deepspeed_zero2", micro)
+    reference = launch.losses("zero2_ref_micro2")
+    log = launch.resumed("zero2_2to4", 2, 4, "strategy=deepspeed_zero2", micro)
+    assert "written by 2 processes, on 4 through its universal conversion" in log
+    assert worst(reference, launch.losses("zero2_2to4")) <= TOL
 
 
 def test_conversion_is_made_once_and_reused_and_refused_when_elastic_is_off(launch, tmp_path):
