@@ -1,8 +1,9 @@
 """Does a pretrained model use word order, or is it still a bag of words ("unigram plateau")?
 
 Scores held-out MLM three ways on the same masked batch: as is; with the unmasked tokens of each
-pair shuffled among themselves (word order destroyed, the bag of words kept); and with every
-position embedding replaced by their mean (positions made indistinguishable). A model that uses
+pair shuffled among themselves (word order destroyed, the bag of words kept: the check every
+pretraining summary prints, pretrain/word_order.py); and with every position embedding replaced
+by their mean (positions made indistinguishable). A model that uses
 word order loses a lot in the last two; a bag-of-words model loses almost nothing. Then prints
 `fill-mask` guesses for a few sentences.
 
@@ -17,12 +18,13 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from pretrain.data import PairDataset
 from pretrain.masking import MaskingCollator, MaskingConfig
 from pretrain.weights import load_pretrained
+from pretrain.word_order import masked_lm_score as score
+from pretrain.word_order import shuffle_context
 
 SENTENCES = (
     "the united states of [MASK] .",
@@ -30,29 +32,6 @@ SENTENCES = (
     "i [MASK] to the store yesterday .",
     "he said that he [MASK] not know .",
 )
-
-
-def score(model, batch: dict, input_ids: torch.Tensor) -> tuple[float, float]:
-    """(MLM loss, MLM accuracy) at the batch's masked positions for these input ids."""
-    with torch.no_grad():
-        out = model(input_ids, batch["token_type_ids"], batch["attention_mask"], batch["labels"])
-    labels = batch["labels"][batch["labels"] != -100]  # (M,)
-    logits = out.mlm_logits.float()  # (M, V) with the sparse head
-    return F.cross_entropy(logits, labels).item(), (
-        logits.argmax(-1) == labels
-    ).float().mean().item()
-
-
-def shuffle_context(batch: dict, special_ids: list[int], seed: int) -> torch.Tensor:
-    """Input ids with each row's unmasked, non-special real tokens permuted among themselves."""
-    ids = batch["input_ids"].clone()  # (B, T)
-    g = torch.Generator().manual_seed(seed)
-    ordinary = ~torch.isin(ids, torch.tensor(special_ids))
-    movable = (batch["labels"] == -100) & (batch["attention_mask"] == 1) & ordinary
-    for row in range(ids.size(0)):
-        where = movable[row].nonzero().flatten()
-        ids[row, where] = ids[row, where[torch.randperm(len(where), generator=g)]]
-    return ids
 
 
 def report(what: str, result: tuple[float, float]) -> None:

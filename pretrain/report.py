@@ -11,6 +11,10 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from pretrain.config import Runtime
+from pretrain.word_order import WordOrderCheck, word_order_check
+
+# Held-out pairs of the end-of-training word-order check (pretrain/word_order.py): one batch.
+WORD_ORDER_PAIRS = 512
 
 # The held-out metrics a summary reports, in its order (BertPretrainingModule's validation).
 SUMMARY_METRICS = (
@@ -35,9 +39,19 @@ def final_report(
     # Trainer.validate has no batch limit of its own: lift the periodic validations' one.
     trainer.limit_val_batches = 1.0
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    ids = datamodule.manifest["special_token_ids"]
+    word_order = word_order_check(
+        module.model,
+        datamodule.val_set,
+        datamodule.val_collator,
+        [ids["pad"], ids["cls"], ids["sep"], ids["mask"]],
+        pairs=WORD_ORDER_PAIRS,
+        seed=datamodule.val_collator.seed,
+    )
     summary = {
         "step": trainer.global_step,
         **{k: metrics[k] for k in SUMMARY_METRICS},
+        "word_order": word_order.as_dict(),
         "tokenizer": str(runtime.tokenizer_dir),
         "data": str(runtime.data_dir),
         "checkpoint": str(checkpoint),
@@ -60,6 +74,7 @@ def write_summary(summary: dict, run_dir: Path) -> None:
         f"  ({acc / base:.2f}×)"
     )
     print(f"  held-out NSP accuracy  {summary['val/nsp_acc']:.4f}   chance 0.5000")
+    print(WordOrderCheck.from_dict(summary["word_order"]).line())
     print(f"  tokenizer   {summary['tokenizer']}")
     print(f"  data        {summary['data']}")
     print(f"  checkpoint  {summary['checkpoint']}")

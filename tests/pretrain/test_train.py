@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,11 +25,13 @@ from pretrain.config import (
     TrainerConfig,
 )
 from pretrain.errors import UserError
-from pretrain.model import preset
+from pretrain.model import BertForPreTraining, preset
 from pretrain.module import BertPretrainingModule
 from pretrain.report import final_report
 from pretrain.train import downstream_eval
 from pretrain.trainer_factory import build_trainer, planned_world_size
+from tests.pretrain.test_word_order import Rows, collator
+from tests.tiny_bert import tiny
 
 # What torchrun sets for the first of 2 processes.
 TORCHRUN_ENV = {"TORCHELASTIC_RUN_ID": "test", "RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0",
@@ -146,13 +149,20 @@ def test_final_report_writes_summary_json_and_prints_the_summary(tmp_path, capsy
     run_dir.mkdir()
     rt = Runtime(1, 1, {}, tmp_path / "data", tmp_path / "data" / "tokenizer")
     last = run_dir / "checkpoints" / "last.ckpt"
-    summary = final_report(FakeTrainer(), None, None, rt, last, run_dir)
+    module = SimpleNamespace(model=BertForPreTraining(tiny()))
+    ids = {"pad": 0, "cls": 1, "sep": 2, "mask": 3}
+    datamodule = SimpleNamespace(
+        val_set=Rows(4), val_collator=collator(), manifest={"special_token_ids": ids}
+    )
+    summary = final_report(FakeTrainer(), module, datamodule, rt, last, run_dir)
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     assert list(summary) == ["step", "val/mlm_acc", "val/mlm_acc_baseline", "val/nsp_acc",
-                             "val/mlm_loss", "val/nsp_loss", "tokenizer", "data", "checkpoint",
-                             "run_dir"]  # fmt: skip
+                             "val/mlm_loss", "val/nsp_loss", "word_order", "tokenizer", "data",
+                             "checkpoint", "run_dir"]  # fmt: skip
+    assert summary["word_order"]["pairs"] == 4
     assert summary["step"] == 12 and summary["checkpoint"] == str(last)
     out = capsys.readouterr().out
     assert "pretraining finished at step 12" in out
     assert "held-out MLM accuracy  0.5000   most-frequent-token baseline 0.2500  (2.00×)" in out
     assert f"  run         {run_dir} (config.yaml, metrics, summary.json)" in out
+    assert "  word order             held-out MLM loss " in out
