@@ -70,7 +70,12 @@ def train(cfg: PretrainConfig) -> dict:
             f"same command again to resume from {last}"
         )
         return {"step": built.trainer.global_step, "checkpoint": str(last), "run_dir": str(run_dir)}
-    return final_report(built.trainer, run.module, run.datamodule, runtime, last, run_dir)
+    summary = final_report(built.trainer, run.module, run.datamodule, runtime, last, run_dir)
+    if built.trainer.is_global_zero:
+        from pretrain.plot import draw_after_training  # never raises; matplotlib is optional
+
+        draw_after_training(run_dir)  # curves.png beside summary.json
+    return summary
 
 
 def downstream_eval(

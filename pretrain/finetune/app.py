@@ -14,18 +14,25 @@ architecture and tokenizer (the "no pretraining" baseline). The encoder gets a d
 for tokens), with the model's dropout rates unless `hidden_dropout=`/`attention_dropout=` say
 otherwise (a model pretrained without dropout fine-tunes with it back on); AdamW (or LAMB,
 `optim.name=lamb`) with no decay on biases and LayerNorm weights, linear warm-up and decay (the
-`optim.*` and `schedule.*` of pretraining, over the run's steps); the dev metric is checked after
-every epoch, training stops early when it has not improved for `patience` epochs, and the best
-epoch's weights are evaluated on the test split. The run directory gets `metrics.json`,
-`test_predictions.jsonl`, `config.yaml` and the logs. Same Lightning strategies as pretraining
-(`strategy=ddp`, `strategy=deepspeed_zero2`, ...).
+`optim.*` and `schedule.*` of pretraining, over the run's steps; `optim.lr=auto` first picks the
+peak lr with a short sweep, `lr_sweep.py`); the dev metric is checked after every epoch, training
+stops early when it has not improved for `patience` epochs, and the best epoch's weights are
+evaluated on the test split. The run directory gets `metrics.json`, `test_predictions.jsonl`,
+`config.yaml` and the logs; a split whose predictions are degenerate (one label for almost every
+example, or almost no entity: `degenerate.py`) is flagged in metrics.json and in the summary.
+Same Lightning strategies as pretraining (`strategy=ddp`, `strategy=deepspeed_zero2`, ...).
+Token tasks with `head=crf` put a linear-chain CRF over the head's word scores
+(`pretrain/finetune/crf.py`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
+import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +44,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from pretrain.config import ScheduleConfig
 from pretrain.config_path import CONF_DIR
 from pretrain.errors import UserError, exit_on_user_error
-from pretrain.finetune.config import FinetuneConfig, register_configs, to_typed
+from pretrain.finetune import degenerate
+from pretrain.finetune.config import LR_AUTO, FinetuneConfig, register_configs, to_typed
 from pretrain.finetune.data import Collator, encode
 from pretrain.finetune.encoder import build_encoder, load_tokenizer
+from pretrain.finetune.hf_import import head_for_task
+from pretrain.finetune.lr_sweep import sweep, trial_length
 from pretrain.finetune.module import FinetuneModule, evaluate
 from pretrain.finetune.task_data import SPLITS, TaskData, load_task_data
 from pretrain.loggers import build_logger
@@ -80,19 +91,22 @@ def finetune(cfg: FinetuneConfig) -> dict:
     world = trainer.world_size
     train_ds = encoded["train"]
     total_steps = optimizer_steps(cfg, len(train_ds), world)
-    if world > 1:
-        sampler = DistributedSampler(
-            train_ds, num_replicas=world, rank=trainer.global_rank, shuffle=True, seed=cfg.seed
+
+    def train_loader() -> DataLoader:
+        # A new sampler each time: the run and every lr=auto trial see the same data order.
+        if world > 1:
+            sampler = DistributedSampler(
+                train_ds, num_replicas=world, rank=trainer.global_rank, shuffle=True, seed=cfg.seed
+            )
+        else:
+            sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
+        return DataLoader(
+            train_ds,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=cfg.num_workers,
         )
-    else:
-        sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(cfg.seed))
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        collate_fn=collate,
-        num_workers=cfg.num_workers,
-    )
 
     def eval_loader(split: str) -> DataLoader:
         return DataLoader(
@@ -103,28 +117,62 @@ def finetune(cfg: FinetuneConfig) -> dict:
             num_workers=cfg.num_workers,
         )
 
-    L.seed_everything(
-        cfg.seed, workers=True, verbose=False
-    )  # head init and dropout, same for both inits
     dropout = model_cfg.hidden_dropout if cfg.classifier_dropout is None else cfg.classifier_dropout
-    module = FinetuneModule(
-        encoder,
-        cfg.task.type,
-        len(data.labels),
-        dropout,
-        cfg.optim,
-        cfg.schedule,
-        total_steps,
-        evaluator,
-        cfg.pooling,
-    )
+
+    def new_module(encoder, optim, schedule: ScheduleConfig, steps: int) -> FinetuneModule:
+        # Head init and dropout: the same for both inits and for every lr=auto trial.
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        module = FinetuneModule(
+            encoder,
+            cfg.task.type,
+            len(data.labels),
+            dropout,
+            optim,
+            schedule,
+            steps,
+            evaluator,
+            cfg.pooling,
+            cfg.head,
+            data.labels,
+        )
+        if cfg.init == "finetuned":  # the export's trained head, rows in the task's label order
+            weight, bias = head_for_task(cfg.model_path, cfg.task.type, data.labels, cfg.pooling)
+            with torch.no_grad():
+                module.head.weight.copy_(weight)
+                module.head.bias.copy_(bias)
+        return module
+
+    optim, lr_auto = cfg.optim, None
+    if cfg.optim.lr == LR_AUTO:
+
+        def train_trial(lr: float, steps: int, schedule: ScheduleConfig, scratch: Path):
+            trial = new_module(copy.deepcopy(encoder), replace(cfg.optim, lr=lr), schedule, steps)
+            trial_trainer = build_trial_trainer(cfg, scratch, steps)
+            with warnings.catch_warnings():  # dev is scored once, after the trial, below
+                warnings.filterwarnings("ignore", message=".*no `val_dataloader`")
+                trial_trainer.fit(trial, train_dataloaders=train_loader())
+            trial_trainer.validate(trial, dataloaders=eval_loader("dev"), verbose=False)
+            return trial.last_metrics["dev"], predictions.pop("dev")
+
+        # total_steps is max(1, batches per epoch × max_epochs)
+        steps, schedule = trial_length(
+            cfg.optim.lr_auto_epochs,
+            max(1, total_steps // cfg.trainer.max_epochs),
+            cfg.schedule,
+            total_steps,
+        )
+        lr_auto = sweep(
+            cfg.optim, cfg.task.metric, cfg.task.type, run_dir, steps, schedule, train_trial
+        )
+        optim = replace(cfg.optim, lr=lr_auto["chosen"])
+    module = new_module(encoder, optim, cfg.schedule, total_steps)
     _save_run_files(cfg, data, run_dir)
     rank_zero_info(
         f"fine-tuning {loaded_from} ({cfg.init}) on {cfg.task.name}: "
         f"{', '.join(f'{s} {len(data.records[s])}' for s in SPLITS)}; {len(data.labels)} labels; "
         f"{total_steps} steps at most"
     )
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=eval_loader("dev"))
+    trainer.fit(module, train_dataloaders=train_loader(), val_dataloaders=eval_loader("dev"))
     epochs_run = trainer.current_epoch
     ckpt = "best" if best.best_model_path else None
     # The best epoch's checkpoint, which this run just wrote; read weights-only all the same.
@@ -137,12 +185,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
         module, dataloaders=eval_loader("test"), ckpt_path=ckpt, verbose=False, weights_only=True
     )
     test_metrics = module.last_metrics["test"]
+    # Rows of the best epoch on each split, written by `evaluator` in the two calls above.
+    verdicts = {s: degenerate.check(cfg.task.type, predictions.get(s, [])) for s in ("dev", "test")}
     result = {
         "task": cfg.task.name,
         "task_type": cfg.task.type,
         "model": cfg.model_path,
         "loaded_from": loaded_from,
         "init": cfg.init,
+        "head": cfg.head,
         "seed": cfg.seed,
         "labels": data.labels,
         "examples": {s: len(data.records[s]) for s in SPLITS},
@@ -151,9 +202,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "best_checkpoint": best.best_model_path,
         "dev": dev_metrics,
         "test": test_metrics,
+        "degenerate": {"threshold": degenerate.DEGENERATE_SHARE, **verdicts},
+        "lr": optim.lr,
+        "lr_auto": lr_auto,
         "predictions": str(run_dir / "test_predictions.jsonl"),
     }
-    _write_results(result, predictions.get("test", []), run_dir)
+    notes = [f"  lr    {optim.lr:g}, chosen by optim.lr=auto"] if lr_auto else []
+    hint = degenerate.advice(optim.lr, cfg.trainer.max_epochs, lr_auto is not None)
+    notes += degenerate.summary_lines(verdicts, hint)
+    _write_results(result, predictions.get("test", []), run_dir, notes)
     return result
 
 
@@ -171,16 +228,8 @@ def build_trainer(cfg: FinetuneConfig, run_dir: Path) -> tuple[L.Trainer, ModelC
         enable_version_counter=False,
     )
     trainer = L.Trainer(
-        **distribution_kwargs(cfg.strategy, cfg.trainer),
+        **_trainer_settings(cfg),
         max_epochs=cfg.trainer.max_epochs,
-        limit_train_batches=cfg.trainer.limit_train_batches,
-        num_sanity_val_steps=0,
-        gradient_clip_val=cfg.trainer.gradient_clip_val,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
-        deterministic=cfg.trainer.deterministic,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # training shards itself; dev/test run whole on every rank
         callbacks=[EarlyStopping(monitor=monitor, mode="max", patience=cfg.patience), best],
         logger=False,
         default_root_dir=str(run_dir),
@@ -189,6 +238,35 @@ def build_trainer(cfg: FinetuneConfig, run_dir: Path) -> tuple[L.Trainer, ModelC
     if logger:
         trainer.loggers = [logger]
     return trainer, best
+
+
+def build_trial_trainer(cfg: FinetuneConfig, scratch: Path, steps: int) -> L.Trainer:
+    """The Trainer of one `optim.lr=auto` trial: the run's strategy, precision and clipping for
+    `steps` optimizer steps, with no checkpoint, logger or early stopping, rooted in `scratch`."""
+    return L.Trainer(
+        **_trainer_settings(cfg),
+        max_steps=steps,
+        max_epochs=-1,  # max_steps ends it
+        callbacks=[],
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=str(scratch),
+    )
+
+
+def _trainer_settings(cfg: FinetuneConfig) -> dict[str, Any]:
+    """What every Trainer of a run shares: the `trainer.*` and `strategy.*` sections."""
+    return dict(
+        **distribution_kwargs(cfg.strategy, cfg.trainer),
+        limit_train_batches=cfg.trainer.limit_train_batches,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        deterministic=cfg.trainer.deterministic,
+        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # training shards itself; dev/test run whole on every rank
+    )
 
 
 def optimizer_steps(cfg: FinetuneConfig, train_examples: int, world: int) -> int:
@@ -219,7 +297,7 @@ def _save_run_files(cfg: FinetuneConfig, data: TaskData, run_dir: Path) -> None:
 
 
 @rank_zero_only
-def _write_results(result: dict, rows: list[dict], run_dir: Path) -> None:
+def _write_results(result: dict, rows: list[dict], run_dir: Path, notes: list[str]) -> None:
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     with open(run_dir / "test_predictions.jsonl", "w", encoding="utf-8") as f:
         for row in rows:
@@ -235,6 +313,8 @@ def _write_results(result: dict, rows: list[dict], run_dir: Path) -> None:
     )
     print(f"  dev   {fmt(result['dev'])}")
     print(f"  test  {fmt(result['test'])}")
+    for note in notes:  # the lr=auto choice; a `degenerate: ...` line per degenerate split
+        print(note)
     print(f"  run   {run_dir} (metrics.json, test_predictions.jsonl)")
     print("=" * 72)
 

@@ -7,7 +7,9 @@ Each (row, init, seed) is one `bert-finetune` run (composed from `conf/finetune.
 row's task and overrides below, run in this process) in
 `<work>/finetune/<out-name>/<row>-<init>-s<seed>` (out-name: `compare` unless given); the table
 reports the test metric of the best dev epoch, mean ± standard deviation over the seeds, and is
-saved as `summary.json` beside the runs. A run whose directory already holds its `metrics.json`
+saved as `summary.json` beside the runs. A run whose test predictions are degenerate (one label for
+almost every example, or almost no entities: `pretrain/finetune/degenerate.py`) is marked `*` in
+the table, with a footnote; it stays in the mean, as it scored. A run whose directory already holds its `metrics.json`
 under the same resolved config and the same model files (sizes and modification times) is not
 repeated (re-running resumes; re-training the model at the same path re-runs everything).
 """
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from pretrain.errors import UserError
+from pretrain.finetune.degenerate import DEGENERATE_SHARE
 
 # Settings of the CPU comparison: bert-tiny-sized models train a few minutes per row. A row is a
 # task preset plus overrides; `rotten_tomatoes_1k` trains on a fixed 1,000-review subset (the same
@@ -126,18 +129,29 @@ def majority_accuracy(predictions: str | Path) -> float | None:
     return max(labels.count(label) for label in set(labels)) / len(labels)
 
 
+def is_degenerate(result: dict) -> bool:
+    """Whether a run's metrics.json calls its test predictions degenerate."""
+    return bool(result.get("degenerate", {}).get("test", {}).get("degenerate", False))
+
+
 def summarize(results: list[dict]) -> dict:
     """`{task: {"metric", "pretrained": [..], "random": [..]}}` of test scores, in seed order;
-    accuracy rows also get `"majority"`, the score of a constant majority-class answer."""
+    accuracy rows also get `"majority"`, the score of a constant majority-class answer, and rows
+    with a degenerate run `"degenerate"`: `{init: [bool per seed]}`."""
     table: dict[str, dict] = {}
+    flags: dict[str, dict[str, list[bool]]] = {}
     for r in results:
         key = r.get("row", r["task"])
         row = table.setdefault(key, {"metric": r["metric"], **{i: [] for i in INITS}})
         row[r["init"]].append(r["test"][r["metric"]])
+        flags.setdefault(key, {i: [] for i in INITS})[r["init"]].append(is_degenerate(r))
         if r["metric"] == "accuracy" and "majority" not in row and r.get("predictions"):
             majority = majority_accuracy(r["predictions"])
             if majority is not None:
                 row["majority"] = majority
+    for key, row in table.items():
+        if any(any(f) for f in flags[key].values()):
+            row["degenerate"] = flags[key]
     return table
 
 
@@ -148,21 +162,39 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
 
 
+def _mark(flags: dict[str, list[bool]], init: str, seed: int) -> str:
+    """`*` after the score of the `seed`-th run of `init` when it is degenerate."""
+    return "*" if seed < len(flags.get(init, [])) and flags[init][seed] else ""
+
+
+DEGENERATE_NOTE = (
+    f"* degenerate run: it predicts one label for >= {100 * DEGENERATE_SHARE:g} % of the test "
+    f"examples (token tasks: entities <= {100 * (1 - DEGENERATE_SHARE):g} % of the gold ones), "
+    "so it learned nothing; its score is in the mean as it is (`degenerate` in its metrics.json)"
+)
+
+
 def format_table(table: dict, seeds: list[int]) -> str:
+    """The markdown table; runs with degenerate test predictions marked `*`, with a footnote."""
     lines = [
         f"| task | test metric | pretrained (mean ± sd, {len(seeds)} seeds) | random init | "
         "per seed: pretrained / random | majority class |",
         "|---|---|---|---|---|---|",
     ]
     for task, row in table.items():
+        flags = row.get("degenerate", {})
         per_seed = ", ".join(
-            f"{p:.3f} / {r:.3f}" for p, r in zip(row["pretrained"], row["random"], strict=False)
+            f"{p:.3f}{_mark(flags, 'pretrained', s)} / {r:.3f}{_mark(flags, 'random', s)}"
+            for s, (p, r) in enumerate(zip(row["pretrained"], row["random"], strict=False))
         )
+        means = {i: _mean_sd(row[i]) + (" *" if any(flags.get(i, [])) else "") for i in INITS}
         majority = f"{row['majority']:.4f}" if "majority" in row else "-"
         lines.append(
-            f"| {task} | {row['metric']} | {_mean_sd(row['pretrained'])} | "
-            f"{_mean_sd(row['random'])} | {per_seed} | {majority} |"
+            f"| {task} | {row['metric']} | {means['pretrained']} | "
+            f"{means['random']} | {per_seed} | {majority} |"
         )
+    if any("degenerate" in row for row in table.values()):
+        lines += ["", DEGENERATE_NOTE]
     return "\n".join(lines)
 
 

@@ -17,10 +17,12 @@ from pretrain.config import (
     StrategyConfig,
 )
 from pretrain.config_keys import to_schema
+from pretrain.finetune.crf import CRF, HEADS, SOFTMAX
 from pretrain.finetune.data import SEQUENCE, TASK_TYPES
 
 SOURCES = ("files", "hf", "rotten_tomatoes", "wnut16")
 POOLINGS = ("cls", "mean")
+INITS = ("pretrained", "random", "finetuned")
 SEQUENCE_METRICS = ("accuracy", "macro_f1", "mcc")
 TOKEN_METRICS = ("f1", "precision", "recall", "token_accuracy")
 
@@ -126,6 +128,60 @@ class FinetuneTrainerConfig:
             )
 
 
+LR_AUTO = "auto"
+"""The `optim.lr` that asks for a learning-rate sweep (`pretrain/finetune/lr_sweep.py`)."""
+
+
+@dataclass
+class FinetuneOptimConfig(OptimConfig):
+    """Pretraining's `optim.*` (`pretrain/config.py:OptimConfig`), whose `lr` may also be `auto`:
+    a short sweep over `lr_auto_grid` picks the peak learning rate before the run."""
+
+    # A number or the word `auto`; an int (`optim.lr=1`) or a numeric string (a YAML file's
+    # `1e-4` without a dot) becomes a float in __post_init__.
+    lr: float | int | str = OptimConfig.lr
+    """Peak learning rate, reached at the end of warm-up; `auto`: the best of `lr_auto_grid` by
+    the task's dev metric after `lr_auto_epochs` of training each (costs len(grid) ×
+    lr_auto_epochs epochs; see README "Fine-tuning")."""
+    lr_auto_grid: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3])
+    """Learning rates `lr=auto` tries: half-decades from BERT-base's fine-tuning range (2e-5 to
+    5e-5) to what bert-tiny-sized models need (3e-4 to 1e-3)."""
+    lr_auto_epochs: float = 0.5
+    """Training per `lr=auto` trial, in epochs of the training split (0.5: half of it), each trial
+    a compressed copy of the run (same warm-up share, decay to the end of the trial)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lr, str) and self.lr != LR_AUTO:
+            try:
+                self.lr = float(self.lr)
+            except ValueError:
+                raise ValueError(
+                    f"optim.lr={self.lr!r} is neither a number nor {LR_AUTO}; give a learning "
+                    f"rate (optim.lr=3e-4) or optim.lr={LR_AUTO} to pick one from "
+                    "optim.lr_auto_grid"
+                ) from None
+        elif isinstance(self.lr, int):
+            self.lr = float(self.lr)
+        if not self.lr_auto_grid or any(lr <= 0 for lr in self.lr_auto_grid):
+            raise ValueError(
+                f"optim.lr_auto_grid must list positive learning rates, got {self.lr_auto_grid}"
+            )
+        if self.lr_auto_epochs <= 0:
+            raise ValueError(
+                f"optim.lr_auto_epochs must be positive (a fraction of an epoch, e.g. 0.5), "
+                f"got {self.lr_auto_epochs}"
+            )
+        # OptimConfig checks the other fields, and lr as a number: for `auto`, the grid's
+        # smallest (checked positive above) stands in while it does.
+        peak = self.lr
+        if peak == LR_AUTO:
+            self.lr = min(self.lr_auto_grid)
+        try:
+            super().__post_init__()
+        finally:
+            self.lr = peak
+
+
 @dataclass
 class FinetuneConfig:
     """Everything `bert-finetune` needs; the resolved copy is saved in the run directory."""
@@ -134,7 +190,9 @@ class FinetuneConfig:
     """A project checkpoint (.ckpt), a run directory or an exported Hugging Face directory. On the
     command line `model=PATH` is accepted for it (`model` itself is a config group of `conf/`)."""
     init: str = "pretrained"
-    """`pretrained`, or `random`: the same architecture freshly initialized (seeded by `seed`)."""
+    """`pretrained`; `random`: the same architecture freshly initialized (seeded by `seed`); or
+    `finetuned`: a fine-tuned run's bert-export directory with its trained head too, to fine-tune
+    further on a task with the same labels (`pretrain/finetune/hf_import.py:head_for_task`)."""
     tokenizer_dir: str | None = None
     """Tokenizer to use; None: the model's (the run's data dir or the exported directory)."""
     name: str = "${task.name}-${init}-s${seed}"
@@ -160,14 +218,21 @@ class FinetuneConfig:
     """Start the `[CLS]` pooler from BERT's random init (seeded by `seed`) instead of its NSP-trained
     weights, as Zhang et al. (2021, "Revisiting few-sample BERT fine-tuning") do for small data;
     a randomly initialized model is unaffected. Measured effect: docs/RESULTS.md."""
+    head: str = SOFTMAX
+    """Token tasks: `softmax`, each word's label on its own (cross-entropy at its first piece), or
+    `crf`, a linear-chain CRF over the words (`pretrain/finetune/crf.py`: learned transitions,
+    BIO enforced, Viterbi decoding). A `crf` run does not export to transformers."""
     patience: int = 2
     """Early stopping: epochs without a better dev metric before stopping."""
     task: TaskConfig = field(default_factory=TaskConfig)
     # `auto` (torch's own choice of AdamW kernel) is what fine-tuning has always run; the other
     # implementations compute the same update but not bit for bit.
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(implementation="auto"))
+    optim: FinetuneOptimConfig = field(
+        default_factory=lambda: FinetuneOptimConfig(implementation="auto")
+    )
     """As in pretraining (`pretrain/optim.py:build_optimizer`): `optim.name` adamw or lamb, lr,
-    betas, eps, weight decay (none on biases and LayerNorm weights) and, for AdamW, the kernel."""
+    betas, eps, weight decay (none on biases and LayerNorm weights) and, for AdamW, the kernel;
+    plus `optim.lr=auto` (`FinetuneOptimConfig`)."""
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(warmup_fraction=0.1))
     """As in pretraining, over the run's optimizer steps (epochs × batches per epoch)."""
     trainer: FinetuneTrainerConfig = field(default_factory=FinetuneTrainerConfig)
@@ -175,13 +240,20 @@ class FinetuneConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
-        if self.init not in ("pretrained", "random"):
-            raise ValueError(f"init={self.init!r} is unknown; use pretrained or random")
+        if self.init not in INITS:
+            raise ValueError(f"init={self.init!r} is unknown; use pretrained, random or finetuned")
         for name in ("batch_size", "eval_batch_size", "patience"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is unknown; use one of {POOLINGS}")
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r} is unknown; use one of {HEADS}")
+        if self.head == CRF and self.task.type == SEQUENCE:
+            raise ValueError(
+                "head=crf tags the words of token_classification tasks, not "
+                "task.type=sequence_classification; use head=softmax"
+            )
         for name in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:

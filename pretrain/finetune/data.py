@@ -268,7 +268,8 @@ def encode(
 
 
 class Collator:
-    """Pads a batch to its longest sequence; returns tensors and the dataset indices."""
+    """Pads a batch to its longest sequence; returns tensors and the dataset indices (and, for
+    tokens, `word_starts` (B, T) bool: each word's first piece)."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -285,6 +286,7 @@ class Collator:
             if token_level
             else torch.empty(n, dtype=torch.long)
         )
+        starts = torch.zeros((n, width), dtype=torch.bool)
         for row, (_, e) in enumerate(batch):
             k = len(e.input_ids)
             ids[row, :k] = torch.tensor(e.input_ids)
@@ -292,15 +294,19 @@ class Collator:
             mask[row, :k] = 1
             if token_level:
                 labels[row, :k] = torch.tensor(e.labels)
+                starts[row, [p for p in e.first_piece or [] if p >= 0]] = True
             else:
                 labels[row] = e.labels
-        return {
+        out = {
             "input_ids": ids,
             "token_type_ids": types,
             "attention_mask": mask,
             "labels": labels,
             "index": torch.tensor([i for i, _ in batch], dtype=torch.long),
         }
+        if token_level:  # each word's first piece, where its label sits (the CRF's positions)
+            out["word_starts"] = starts
+        return out
 
 
 def word_predictions(piece_preds: list[int], first_piece: list[int], o_id: int) -> list[int]:

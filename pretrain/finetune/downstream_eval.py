@@ -6,8 +6,9 @@ Every `eval_downstream.every_n_steps` optimizer steps, rank 0 copies the current
 fine-tuning head of `bert-finetune` on it (`pretrain/finetune/module.py:FinetuneModule`), trains it
 for one epoch on a fixed seeded subset of the task's train split, scores a fixed subset of the dev
 split with `bert-finetune`'s metrics and logs them as `downstream/<task>/<metric>` (plus
-`downstream/<task>/seconds`, the wall time it took) to the run's loggers, so dashboards show
-downstream quality rising with pretraining. Same subsets, head initialization, dropout and data
+`downstream/<task>/seconds`, the wall time it took, and `downstream/<task>/degenerate`, 1 when the
+copy answers one label for (almost) every dev example, `pretrain/finetune/degenerate.py`) to the
+run's loggers, so dashboards show downstream quality rising with pretraining. Same subsets, head initialization, dropout and data
 order every time: only the encoder changes between evaluations.
 
 It does not disturb training: the copy is separate (the model keeps its weights and its train
@@ -40,6 +41,7 @@ from pretrain.callbacks.throughput import ThroughputMonitor
 from pretrain.config import DownstreamEvalConfig, OptimConfig, ScheduleConfig
 from pretrain.config_path import CONF_DIR
 from pretrain.errors import UserError
+from pretrain.finetune import degenerate
 from pretrain.finetune.config import TaskConfig
 from pretrain.finetune.data import Collator, EncodedDataset, encode
 from pretrain.finetune.encoder import load_tokenizer
@@ -138,6 +140,17 @@ def finetune_copy(
     device: torch.device,
 ) -> dict[str, float]:
     """Fine-tune a fresh encoder holding `weights` (fp32) for one epoch; return the dev metrics."""
+    return finetune_copy_scored(weights, model_cfg, dev_task, cfg, device)[0]
+
+
+def finetune_copy_scored(
+    weights: dict[str, torch.Tensor],
+    model_cfg: BertConfig,
+    dev_task: DevTask,
+    cfg: DownstreamEvalConfig,
+    device: torch.device,
+) -> tuple[dict[str, float], dict]:
+    """`finetune_copy`'s dev metrics and the verdict of `degenerate.check` on its predictions."""
     with isolated_rng(device):
         torch.manual_seed(cfg.seed)  # head initialization and dropout: the same every time
         encoder = BertModel(model_cfg)
@@ -175,10 +188,10 @@ def finetune_copy(
         with torch.no_grad():
             for batch in DataLoader(dev_task.dev, batch_size=64, collate_fn=collate):
                 predictions.update(module.predictions({k: v.to(device) for k, v in batch.items()}))
-    metrics, _ = evaluate(
+    metrics, rows = evaluate(
         dev_task.task.type, dev_task.dev_records, dev_task.labels, predictions, dev_task.dev
     )
-    return metrics
+    return metrics, degenerate.check(dev_task.task.type, rows)
 
 
 class DownstreamEval(L.Callback):
@@ -228,10 +241,12 @@ class DownstreamEval(L.Callback):
     def evaluate(self, trainer: L.Trainer, pl_module, step: int, start: float) -> None:
         bert = pl_module.model.bert
         weights = {k: v.detach().float().clone() for k, v in bert.state_dict().items()}
-        metrics = finetune_copy(weights, self.model_cfg, self.dev_task, self.cfg, pl_module.device)
+        metrics, verdict = finetune_copy_scored(
+            weights, self.model_cfg, self.dev_task, self.cfg, pl_module.device
+        )
         seconds = time.perf_counter() - start
         name = self.dev_task.task.name
-        self.last = {**metrics, "seconds": seconds}
+        self.last = {**metrics, "seconds": seconds, "degenerate": float(verdict["degenerate"])}
         # Lightning logs the metrics of the batch that completed optimizer step N (val/* too) at
         # logger step N - 1; the same step keeps the curves aligned and W&B's steps monotonic.
         for logger in trainer.loggers:
@@ -243,4 +258,9 @@ class DownstreamEval(L.Callback):
             + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             + f"  ({seconds:.1f} s, {len(self.dev_task.train)} train / "
             f"{len(self.dev_task.dev)} dev examples)"
+            + (
+                f"; degenerate: {degenerate.describe('dev', verdict)}"
+                if verdict["degenerate"]
+                else ""
+            )
         )

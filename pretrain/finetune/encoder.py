@@ -10,6 +10,7 @@ import torch
 
 from pretrain.errors import UserError
 from pretrain.finetune.config import FinetuneConfig
+from pretrain.finetune.hf_import import check_finetuned_source
 from pretrain.model import BertConfig, BertForPreTraining, BertModel
 
 
@@ -22,6 +23,8 @@ def build_encoder(cfg: FinetuneConfig) -> tuple[BertModel, BertConfig, Path, str
             f"model={cfg.model_path!r} does not exist; give a checkpoint (.ckpt), a run directory "
             "(e.g. work/runs/demo after `make demo`) or an exported Hugging Face directory"
         )
+    if cfg.init == "finetuned":  # before loading: a source with no head to continue from
+        check_finetuned_source(cfg.model_path)
     pretrained = load_pretrained(cfg.model_path)
     model, config = pretrained.model, pretrained.config
     dropout = {
@@ -38,7 +41,7 @@ def build_encoder(cfg: FinetuneConfig) -> tuple[BertModel, BertConfig, Path, str
         rebuilt = BertForPreTraining(config)
         rebuilt.load_state_dict(model.state_dict())
         model = rebuilt
-    if cfg.reinit_pooler and cfg.init == "pretrained":
+    if cfg.reinit_pooler and cfg.init != "random":
         generator = torch.Generator().manual_seed(cfg.seed)
         with torch.no_grad():  # BERT's init: N(0, initializer_range) weight, zero bias
             weight = model.bert.pooler.weight

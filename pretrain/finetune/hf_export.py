@@ -1,8 +1,8 @@
 """The fine-tuned side of `bert-export`: a `bert-finetune` run directory (its best-epoch checkpoint,
 head, labels, config and metrics) as the tensors, `config.json` and model card of a Hugging Face
 `BertForSequenceClassification` / `BertForTokenClassification`. Writing the directory is
-`pretrain/export.py`'s; heads transformers has no class for (`pooling=mean`, pre-LN encoders, any
-other layout) are refused here with one line.
+`pretrain/export.py`'s; heads transformers has no class for (`pooling=mean`, `head=crf`, pre-LN
+encoders, any other layout) are refused here with one line.
 
 No `transformers` import: the format is plain JSON and tensors.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pretrain.errors import UserError
+from pretrain.finetune.crf import CRF
 from pretrain.finetune.data import SEQUENCE, TOKEN
 from pretrain.finetune.finetuned import Finetuned, load_finetuned
 from pretrain.model import hf_config_kwargs, hf_state_dict_key_map
@@ -56,6 +57,12 @@ def check_representable(run: Finetuned) -> None:
         raise UserError(
             f"{where}: task.type={run.task_type!r} has no transformers class to export to; "
             f"{USE_DIRECTLY}"
+        )
+    if run.run_config.head == CRF:
+        raise UserError(
+            f"{where}: head=crf cannot be a plain BertForTokenClassification (transformers has "
+            "no CRF: its transitions and Viterbi decoding would be lost and the tags could "
+            f"break BIO); only head=softmax runs export; {USE_DIRECTLY}"
         )
     if run.task_type == SEQUENCE and run.run_config.pooling != "cls":
         raise UserError(

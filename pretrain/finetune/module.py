@@ -1,5 +1,6 @@
-"""The fine-tuning model: the encoder plus a dropout + linear head as a LightningModule (loss,
-predictions, optimizer and schedule), and the scoring of its predictions on a split."""
+"""The fine-tuning model: the encoder plus a dropout + linear head (and, with `head=crf`, a
+linear-chain CRF over the words: `crf.py`) as a LightningModule (loss, predictions, optimizer and
+schedule), and the scoring of its predictions on a split."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.config import OptimConfig, ScheduleConfig
+from pretrain.finetune.crf import CRF, SOFTMAX, LinearChainCRF, pack_words
 from pretrain.finetune.data import SEQUENCE, EncodedDataset, word_predictions
 from pretrain.finetune.metrics import entity_metrics, sequence_metrics
 from pretrain.model import BertModel
@@ -41,7 +43,9 @@ def evaluate(
 
 
 class FinetuneModule(L.LightningModule):
-    """The pretrained encoder plus a dropout + linear classification head."""
+    """The pretrained encoder plus a dropout + linear classification head; with `head="crf"`
+    (token tasks; `labels` then names the label ids) the linear head's scores at each word's first
+    piece are the emissions of a linear-chain CRF."""
 
     def __init__(
         self,
@@ -54,6 +58,8 @@ class FinetuneModule(L.LightningModule):
         total_steps: int,
         evaluator,
         pooling: str = "cls",
+        head: str = SOFTMAX,
+        labels: list[str] | None = None,
     ):
         super().__init__()
         self.encoder = encoder
@@ -63,6 +69,12 @@ class FinetuneModule(L.LightningModule):
         self.head = nn.Linear(encoder.cfg.hidden_size, num_labels)
         nn.init.normal_(self.head.weight, std=encoder.cfg.initializer_range)
         nn.init.zeros_(self.head.bias)
+        self.crf: LinearChainCRF | None = None
+        if head == CRF:
+            if task_type == SEQUENCE or labels is None or len(labels) != num_labels:
+                # FinetuneConfig refuses head=crf for sequences; this guards direct callers.
+                raise ValueError("head=crf needs a token task and its num_labels label names")
+            self.crf = LinearChainCRF(labels)
         self.optim_cfg, self.schedule_cfg, self.total_steps = optim, schedule, total_steps
         self.evaluator = evaluator  # (split, {index: prediction}) -> metrics
         self._preds: dict[int, Any] = {}
@@ -80,8 +92,14 @@ class FinetuneModule(L.LightningModule):
         return self.head(self.dropout(pooled))  # (B, labels)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy over the labelled positions (sequences, or each word's first piece)."""
+        """Cross-entropy over the labelled positions (sequences, or each word's first piece); with
+        a CRF, its negative log-likelihood per sentence, summed and divided by the batch's words
+        (a per-word scale like the cross-entropy's, so the same learning rates apply)."""
         logits = self(batch)
+        if self.crf is not None:
+            words, mask, positions = pack_words(logits.float(), batch["word_starts"])
+            tags = batch["labels"].gather(1, positions)  # (B, W): each word's gold label id
+            return self.crf.nll(words, tags, mask).sum() / mask.sum().clamp(min=1)
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             batch["labels"].reshape(-1),
@@ -94,8 +112,14 @@ class FinetuneModule(L.LightningModule):
         return loss
 
     def predictions(self, batch: dict[str, torch.Tensor]) -> dict[int, Any]:
-        """`{dataset index: label id}` (sequences) or `{index: label id per piece}` (tokens)."""
-        pred = self(batch).argmax(-1).cpu()
+        """`{dataset index: label id}` (sequences) or `{index: label id per piece}` (tokens; with
+        a CRF, the Viterbi path's label at each word's first piece, 0 on the other pieces)."""
+        if self.crf is not None:
+            words, mask, positions = pack_words(self(batch).float(), batch["word_starts"])
+            path = self.crf.decode(words, mask)  # (B, W)
+            pred = torch.zeros_like(batch["input_ids"]).scatter(1, positions, path).cpu()
+        else:
+            pred = self(batch).argmax(-1).cpu()
         lengths = batch["attention_mask"].sum(-1).cpu()
         out: dict[int, Any] = {}
         for row, index in enumerate(batch["index"].tolist()):
@@ -104,6 +128,20 @@ class FinetuneModule(L.LightningModule):
             else:
                 out[index] = pred[row, : int(lengths[row])].tolist()
         return out
+
+    @torch.no_grad()
+    def crf_outputs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A CRF run's per-piece output (B, T, L + 1): at each word's first piece, the marginal
+        probability of every label (forward-backward) and, last, the Viterbi path's label id;
+        zeros on the other pieces."""
+        emissions = self(batch).float()  # (B, T, L)
+        words, mask, positions = pack_words(emissions, batch["word_starts"])
+        marginals = self.crf.marginals(words, mask)  # (B, W, L)
+        path = self.crf.decode(words, mask).to(marginals.dtype).unsqueeze(-1)  # (B, W, 1)
+        per_word = torch.cat([marginals, path], dim=-1)  # (B, W, L + 1)
+        out = emissions.new_zeros(*emissions.shape[:2], per_word.shape[-1])
+        index = positions.unsqueeze(-1).expand_as(per_word)
+        return out.scatter(1, index, torch.where(mask.unsqueeze(-1), per_word, 0.0))
 
     def _collect(self, batch: dict[str, torch.Tensor]) -> None:
         self._preds.update(self.predictions(batch))

@@ -5,15 +5,20 @@
     bert-predict model=work/export/demo task=embed input=texts.txt output=vectors.npy
 
 `model=` is a `bert-finetune` run directory (its best epoch's weights, labels, tokenizer and
-`task.max_seq_length`); with `task=embed` also a pretraining run, checkpoint or exported Hugging
-Face directory. Inputs: `.txt` (one text per line), `.csv` / `.jsonl` / `.parquet` with a
-`text_column` (and `text_pair_column` for sentence pairs), or `text="..."`. Outputs:
+`task.max_seq_length`) or its `bert-export` directory (a Hugging Face `BertFor{Sequence,Token}
+Classification`: labels from `config.json`'s `id2label`, at most `max_position_embeddings`
+pieces); with `task=embed` also a pretraining run, checkpoint or exported Hugging Face directory.
+Inputs: `.txt` (one text per line), `.csv` / `.jsonl` / `.parquet` with a `text_column` (and
+`text_pair_column` for sentence pairs), or `text="..."`. `quantize=int8` runs the model's Linear
+layers in int8 on the CPU (`quantize_int8`). Outputs:
 
 - sequence tasks (`.jsonl` / `.csv`): `label` and the softmax probability of every label;
 - token tasks: word-level entity spans `{start, end, label, text, score}` with character offsets
   into the text, aggregated as transformers' `aggregation_strategy="first"` does (each word takes
   its first WordPiece's label and probability, B-/I- words of one type merge into a span, the
-  span's score is the mean over its words);
+  span's score is the mean over its words); a `head=crf` run's words take the Viterbi path's
+  labels instead, each scored by its label's marginal probability (forward-backward), and a span's
+  score is the mean of those over its words;
 - `task=embed` (`.npy`, or `.parquet` with `text` and `embedding` columns): the mean of the last
   hidden states over the real tokens ([CLS]/[SEP] included, padding excluded; `pooling=mean`) or
   the pooled [CLS] output (`pooling=cls`).
@@ -49,6 +54,7 @@ EMBED = "embed"
 INPUTS = (".txt", ".csv", ".jsonl", ".parquet")
 PREDICTION_OUTPUTS = (".jsonl", ".csv")
 EMBEDDING_OUTPUTS = (".npy", ".parquet")
+QUANTIZE = ("none", "int8")
 PROGRESS_MIN_TEXTS = 1000
 """A progress bar is drawn for this many texts or more, and only on a terminal."""
 
@@ -58,8 +64,9 @@ class PredictConfig:
     """Everything `bert-predict` needs."""
 
     model_path: str = "???"
-    """A bert-finetune run directory; with task=embed also a pretraining run, checkpoint or Hugging
-    Face directory. On the command line `model=PATH` is accepted for it."""
+    """A bert-finetune run directory or its bert-export directory; with task=embed also a
+    pretraining run, checkpoint or Hugging Face directory. On the command line `model=PATH` is
+    accepted for it."""
     input: str | None = None
     """A .txt (one text per line), .csv, .jsonl or .parquet file."""
     text: str | None = None
@@ -77,9 +84,14 @@ class PredictConfig:
     max_length: int | None = None
     """WordPieces per text, [CLS]/[SEP] included; None: the model's (see the module docstring)."""
     device: str = "auto"
-    """`auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ..."""
+    """`auto` (CUDA when available; the CPU with quantize=int8), `cpu`, `cuda`, `cuda:1`, ..."""
+    quantize: str = "none"
+    """`none`, or `int8`: PyTorch's dynamic int8 quantization of every Linear layer (int8 weights,
+    activations quantized per batch on the fly), applied after loading; CPU only."""
 
     def __post_init__(self) -> None:
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize={self.quantize!r} is unknown; use none or int8")
         if self.task_type not in (None, EMBED):
             raise ValueError(
                 f"task={self.task_type!r} is unknown; leave it unset (the fine-tuned run's task) "
@@ -173,12 +185,15 @@ def pad(encodings: list, pad_id: int, device: torch.device) -> dict[str, torch.T
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     types = torch.zeros((n, width), dtype=torch.long)
     mask = torch.zeros((n, width), dtype=torch.long)
+    starts = torch.zeros((n, width), dtype=torch.bool)  # each word's first piece (a CRF's words)
     for row, e in enumerate(encodings):
         k = len(e.ids)
         ids[row, :k] = torch.tensor(e.ids)
         types[row, :k] = torch.tensor(e.type_ids)
         mask[row, :k] = 1
-    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
+        starts[row, :k] = torch.tensor(word_start_flags(e.word_ids))
+    batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask,
+             "word_starts": starts}  # fmt: skip
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -220,10 +235,23 @@ def _tag(label: str) -> tuple[str, str]:
     return "I", label
 
 
-def entity_spans(encoding, probs: np.ndarray, labels: list[str], text: str) -> list[dict]:
+def word_start_flags(word_ids: list[int | None]) -> list[bool]:
+    """True at each word's first piece, as `entity_spans` groups pieces into words."""
+    flags, previous = [], None
+    for word in word_ids:
+        flags.append(word is not None and word != previous)
+        if word is not None:
+            previous = word
+    return flags
+
+
+def entity_spans(
+    encoding, probs: np.ndarray, labels: list[str], text: str, path: np.ndarray | None = None
+) -> list[dict]:
     """Word-level entities of one text from per-piece probabilities (`aggregation_strategy=
-    "first"`): a word's label and score are its first piece's argmax; consecutive words merge
-    while the type stays and the next word is not a `B-`; `O` spans are dropped."""
+    "first"`): a word's label and score are its first piece's argmax (with `path`, per-piece label
+    ids of a CRF's Viterbi path: that label and its probability); consecutive words merge while
+    the type stays and the next word is not a `B-`; `O` spans are dropped."""
     words: list[tuple[int, int, str, float]] = []
     previous = None
     for pos, (word, (start, end)) in enumerate(
@@ -235,7 +263,7 @@ def entity_spans(encoding, probs: np.ndarray, labels: list[str], text: str) -> l
             words[-1] = (words[-1][0], end, words[-1][2], words[-1][3])
             continue
         previous = word
-        best = int(probs[pos].argmax())
+        best = int(probs[pos].argmax()) if path is None else int(path[pos])
         words.append((start, end, labels[best], float(probs[pos][best])))
     spans: list[dict] = []
     group: list[tuple[int, int, str, float]] = []
@@ -300,10 +328,84 @@ def write_embeddings(vectors: np.ndarray, texts: list[str], path: Path) -> None:
     pq.write_table(table, path)
 
 
+# --------------------------------------------------------------------------- int8
+
+
+def int8_engine(supported: list[str]) -> str:
+    """The quantized CPU backend to run int8 Linear layers on, from
+    `torch.backends.quantized.supported_engines`: the one torch chose when it has kernels (x86 /
+    fbgemm / onednn on x86, qnnpack on ARM), else the first one there is; refused without any."""
+    engines = [e for e in supported if e != "none"]
+    if not engines:
+        raise UserError(
+            f"quantize=int8: this torch build ({torch.__version__}) has no quantized CPU kernels "
+            f"(torch.backends.quantized.supported_engines is {supported}); use quantize=none"
+        )
+    current = torch.backends.quantized.engine
+    return current if current in engines else engines[0]
+
+
+def quantize_int8(model: torch.nn.Module) -> int:
+    """Replace every Linear layer of `model` (in place) by PyTorch's dynamically quantized int8
+    Linear, for CPU inference; returns how many were replaced.
+
+    Weights are stored int8 (per-tensor scale); each call quantizes its activations with the
+    batch's own range and multiplies in int8 (fbgemm / onednn / qnnpack kernels). This is
+    `torch.ao.quantization.quantize_dynamic`, deprecated in favour of torchao but still in torch
+    2.13: torchao 0.18's `Int8DynamicActivationInt8WeightConfig` ran bert-mini (batch 32 × 128
+    pieces, 2 CPU threads, eager) 1.2× slower than fp32 where `quantize_dynamic` ran it 1.7×
+    faster."""
+    torch.backends.quantized.engine = int8_engine(list(torch.backends.quantized.supported_engines))
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError:
+        raise UserError(
+            f"quantize=int8 needs torch.ao.quantization.quantize_dynamic, which torch "
+            f"{torch.__version__} no longer has (it was tested with torch 2.13); use quantize=none"
+        ) from None
+    import warnings
+
+    from torch import nn
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    from pretrain.linear import Linear
+
+    # The project's Linear (pretrain/linear.py) is an nn.Linear subclass, which quantize_dynamic
+    # matches by exact type and would skip: swap each for a plain nn.Linear on the same tensors.
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is Linear:
+                plain = nn.Linear(child.in_features, child.out_features, device="meta")
+                plain.weight, plain.bias = child.weight, child.bias  # the trained tensors
+                setattr(module, name, plain)
+        if getattr(module, "fused_qkv", False):
+            # The fused Q/K/V path concatenates the three float weights, which int8 layers no
+            # longer hold: run the three projections as separate (quantized) layers.
+            module.fused_qkv = False
+    float_linears = sum(1 for m in model.modules() if type(m) is nn.Linear)
+    with warnings.catch_warnings():
+        # torch 2.13 warns on every call that this API and its qint8 tensors are deprecated;
+        # int8_engine and the ImportError above are where that matters.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    quantized = sum(1 for m in model.modules() if isinstance(m, Int8Linear))
+    if quantized != float_linears or any(isinstance(m, nn.Linear) for m in model.modules()):
+        raise RuntimeError(f"int8: {quantized} of {float_linears} Linear layers were quantized")
+    return quantized
+
+
 # --------------------------------------------------------------------------- the app
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, quantize: str = "none") -> torch.device:
+    if quantize == "int8":  # the dynamic int8 kernels are CPU kernels
+        if name not in ("auto", "cpu"):
+            raise UserError(
+                f"quantize=int8 runs on the CPU only (PyTorch's dynamic int8 kernels), not "
+                f"device={name}; use device=cpu (or auto), or quantize=none on the GPU"
+            )
+        return torch.device("cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -326,7 +428,9 @@ def predict(cfg: PredictConfig) -> list[dict] | np.ndarray:
         texts, pairs = read_texts(Path(cfg.input), cfg.text_column, cfg.text_pair_column)
     else:
         texts, pairs = [cfg.text], None
-    device = _device(cfg.device)
+    device = _device(cfg.device, cfg.quantize)
+    if cfg.quantize == "int8":  # before loading: a platform without the kernels fails fast
+        int8_engine(list(torch.backends.quantized.supported_engines))
     from pretrain.finetune.finetuned import load_encoder, load_finetuned
 
     if embed:
@@ -337,6 +441,8 @@ def predict(cfg: PredictConfig) -> list[dict] | np.ndarray:
         model, tokenizer, limit = run.module, run.tokenizer, run.max_length
     max_length = min(limit, cfg.max_length or limit)
     model = model.to(device).eval()
+    if cfg.quantize == "int8":
+        quantize_int8(model)
     pad_id = tokenizer.token_to_id("[PAD]") or 0
     started = time.perf_counter()
     encodings, cut = encode_texts(tokenizer, texts, pairs, max_length)
@@ -355,10 +461,14 @@ def predict(cfg: PredictConfig) -> list[dict] | np.ndarray:
         vectors = np.stack(run_batches(forward, encodings, cfg.batch_size, pad_id, device))
         result: list[dict] | np.ndarray = vectors.astype(np.float32)
     else:
-        outputs = run_batches(model, encodings, cfg.batch_size, pad_id, device)
+        crf = run.module.crf is not None
+        # A CRF run's pieces carry [marginals of every label, Viterbi label id] (crf_outputs).
+        fn = model.crf_outputs if crf else model
+        outputs = run_batches(fn, encodings, cfg.batch_size, pad_id, device)
         rows = []
         for i, logits in enumerate(outputs):
-            probs = softmax(logits.astype(np.float64))
+            path = logits[:, -1].astype(np.int64) if crf else None
+            probs = logits[:, :-1].astype(np.float64) if crf else softmax(logits.astype(np.float64))
             row: dict = {"text": texts[i]}
             if pairs is not None:
                 row["text_pair"] = pairs[i]
@@ -366,7 +476,7 @@ def predict(cfg: PredictConfig) -> list[dict] | np.ndarray:
                 row["label"] = run.labels[int(probs.argmax())]
                 row["probabilities"] = dict(zip(run.labels, map(float, probs), strict=True))
             else:
-                row["entities"] = entity_spans(encodings[i], probs, run.labels, texts[i])
+                row["entities"] = entity_spans(encodings[i], probs, run.labels, texts[i], path)
             rows.append(row)
         result = rows
     seconds = time.perf_counter() - started
@@ -390,7 +500,7 @@ def predict(cfg: PredictConfig) -> list[dict] | np.ndarray:
     where = f" -> {cfg.output}" if cfg.output else ""
     print(
         f"{len(texts)} texts in {seconds:.2f}s ({len(texts) / max(seconds, 1e-9):.1f} texts/s) "
-        f"on {device}{where}",
+        f"on {device}{' (int8)' if cfg.quantize == 'int8' else ''}{where}",
         file=sys.stderr,
     )
     return result

@@ -250,6 +250,15 @@ CASES = [
     Case("consolidate onto an existing file", "pretrain.consolidate",
          ["{ckpt}", "{root}/mine/results.csv"], ["results.csv already exists", "--overwrite"],
          setup=user_files, own=[]),
+    # bert-plot
+    Case("plot a missing run", "pretrain.plot", ["run={root}/nope"],
+         ["run={root}/nope does not exist", "work/runs/demo"], own=[]),
+    Case("plot a run with no training step logged", "pretrain.plot", ["run={run}"],
+         ["no training loss (train/loss)", "log_every_n_steps"], own=[]),
+    # bert-predict
+    Case("predict in int8 on a GPU", "pretrain.finetune.predict",
+         ["model={run}", "text=hello", "quantize=int8", "device=cuda"],
+         ["quantize=int8 runs on the CPU only", "device=cpu"], own=[]),
     # bert-finetune
     Case("fine-tune a crafted pickle", "pretrain.finetune", finetune("model={trap}"),
          ["refusing to load {trap}"], setup=lambda sb: (trap_checkpoint(sb), csv_splits(sb)),

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from pretrain.config_path import CONF_DIR
 
 CONF = Path(CONF_DIR)
-APPS = ("pretrain", "finetune", "prep", "tokenizer", "export", "predict", "attention")
+APPS = ("pretrain", "finetune", "prep", "tokenizer", "export", "predict", "attention", "plot")
 MISSING = "???"
 
 NAME = "the discriminating name of the option"
@@ -49,12 +49,13 @@ ALLOWED: dict[tuple[str, str], str] = {
 def register_schemas() -> None:
     """Every app's schema into Hydra's ConfigStore, as each app does before composing."""
     # Importing these registers tokenizer_schema and prep_schema, export_schema, finetune_schema,
-    # predict_schema.
+    # predict_schema, plot_schema.
     import data_prep.config  # noqa: F401
     import pretrain.attention_maps  # attention_schema
     import pretrain.export
     import pretrain.finetune.app
-    import pretrain.finetune.predict  # noqa: F401
+    import pretrain.finetune.predict
+    import pretrain.plot  # noqa: F401  # plot_schema
     from pretrain.config import register_configs
 
     register_configs()

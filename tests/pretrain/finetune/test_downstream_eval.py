@@ -110,6 +110,7 @@ def test_training_is_identical_with_it_on_or_off_and_resumes_exactly(
     assert all(0 <= v <= 1 for v in metrics_on["downstream/keyword/accuracy"].values())
     assert set(metrics_on["downstream/keyword/mcc"]) == {2, 5}
     assert all(s > 0 for s in metrics_on["downstream/keyword/seconds"].values())
+    assert set(metrics_on["downstream/keyword/degenerate"].values()) <= {0.0, 1.0}  # a flag
     assert "downstream/keyword/accuracy" not in logged(runs / "off")
 
     # Interrupted after step 2 and resumed: the same losses and evaluations as without a stop.
