@@ -23,7 +23,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pretrain.data_verify import read_shard, rebuild_hint, verify_prepared
 from pretrain.errors import UserError
-from pretrain.masking import MaskingCollator, MaskingConfig, continuation_ids_from_vocab
+from pretrain.masking import (
+    MaskingCollator,
+    MaskingConfig,
+    PairBatch,
+    continuation_ids_from_vocab,
+)
 from pretrain.tokenizer_check import read_vocab
 
 COLUMNS = ("input_ids", "token_type_ids", "next_sentence_label")
@@ -88,7 +93,13 @@ class ValidationSampler(Sampler[SampleKey]):
 
 
 class PairDataset(Dataset):
-    """Rows of a prepared split, fetched by `SampleKey`, with the key attached for the collator."""
+    """Rows of a prepared split, fetched by `SampleKey`, with the key attached for the collator.
+
+    A DataLoader fetches a micro-batch with one `__getitems__` call, which returns the rows
+    packed end to end (`PairBatch`) straight from the Arrow columns: one NumPy gather of the list
+    offsets, one slice per row of the (memory-mapped, not copied) values, no Python lists or
+    per-row dicts.
+    """
 
     def __init__(self, path: Path):
         import datasets
@@ -113,6 +124,14 @@ class PairDataset(Dataset):
                 f"{path} lacks columns {missing}; it was not written by this `bert-prep`"
             )
         self.rows = self.rows.select_columns(list(COLUMNS))
+        # Built here, before loader workers fork from this process, so they share its pages.
+        self._columns: _ArrowColumns | None = _ArrowColumns(self.rows)
+
+    def __getstate__(self) -> dict:
+        # The NumPy views point into this process's memory maps: a process that unpickles the
+        # dataset (a worker started by spawn) rebuilds them on its first read; pickling them
+        # would copy the whole split.
+        return {**self.__dict__, "_columns": None}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -120,19 +139,84 @@ class PairDataset(Dataset):
     def __getitem__(self, key: SampleKey) -> dict:
         return self.__getitems__([key])[0]
 
-    def __getitems__(self, keys: list[SampleKey]) -> list[dict]:
-        # One Arrow read for the whole micro-batch instead of one per row.
-        cols = self.rows[[index for _, index in keys]]
-        return [
-            {
-                "input_ids": cols["input_ids"][i],
-                "token_type_ids": cols["token_type_ids"][i],
-                "next_sentence_label": cols["next_sentence_label"][i],
-                "epoch": epoch,
-                "index": index,
-            }
-            for i, (epoch, index) in enumerate(keys)
+    def __getitems__(self, keys: list[SampleKey]) -> PairBatch:
+        if self._columns is None:
+            self._columns = _ArrowColumns(self.rows)
+        return self._columns.read(keys)
+
+
+class _ArrowColumns:
+    """A `datasets.Dataset`'s pair columns as NumPy, and the read of a micro-batch."""
+
+    def __init__(self, rows) -> None:
+        # Row i of the dataset is row i of its table: `load_from_disk` gives no indices mapping
+        # (`save_to_disk` writes it out), and `select_columns` adds none.
+        if getattr(rows, "_indices", None) is not None:
+            raise ValueError("PairDataset reads a dataset without an indices mapping")
+        table = rows.data.table  # the pyarrow.Table, memory-mapped for a dataset on disk
+        self.num_rows = len(table)
+        self.ids = _ListColumn(table.column("input_ids"))
+        self.types = _ListColumn(table.column("token_type_ids"), like=self.ids)
+        self.labels = table.column("next_sentence_label").to_numpy()  # (N,), a copy of 1 B a row
+
+    def read(self, keys: list[SampleKey]) -> PairBatch:
+        keyed = np.array(keys, dtype=np.uint64).reshape(-1, 2)  # (B, 2): epoch, index
+        if keyed.size and int(keyed[:, 1].max()) >= self.num_rows:
+            raise IndexError(f"row {int(keyed[:, 1].max())} of a split of {self.num_rows} rows")
+        rows = keyed[:, 1].astype(np.int64)  # (B,)
+        ids, lengths = self.ids.take(rows)
+        types, type_lengths = self.types.take(rows)
+        bad = np.flatnonzero(type_lengths != lengths)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"row {int(rows[i])}: token_type_ids has {int(type_lengths[i])} entries, "
+                f"input_ids {int(lengths[i])}"
+            )
+        return PairBatch(
+            input_ids=ids,
+            token_type_ids=types,
+            lengths=lengths,
+            next_sentence_label=self.labels[rows].astype(np.int64),
+            epoch=keyed[:, 0].copy(),
+            index=keyed[:, 1].copy(),
+        )
+
+
+class _ListColumn:
+    """A list column of a pyarrow.Table, chunk by chunk, read a batch of rows at a time.
+
+    The values stay in Arrow's memory (a NumPy view of each chunk's, memory-mapped for a dataset
+    on disk); the list offsets of all chunks are copied end to end (4 bytes a row), so finding the
+    rows of a batch is one NumPy gather. `like`: a column whose offsets to share when equal (the
+    two lists of a pair are written alike).
+    """
+
+    def __init__(self, column, like: _ListColumn | None = None) -> None:
+        chunks = column.chunks
+        # Chunk c holds rows [first_row[c], first_row[c + 1]); (C + 1,).
+        self.first_row = np.cumsum([0, *(len(c) for c in chunks)])
+        # Chunk c's offsets, one more than its rows, at [first_row[c] + c, first_row[c + 1] + c]
+        # of the concatenation, (N + C,); they index that chunk's values (its rows end to end).
+        offsets = [c.offsets.to_numpy() for c in chunks]
+        self.offsets = np.concatenate(offsets) if offsets else np.zeros(0, dtype=np.int32)
+        if like is not None and np.array_equal(self.offsets, like.offsets):
+            self.offsets = like.offsets  # one copy for both
+        self.values = [c.values.to_numpy(zero_copy_only=False) for c in chunks]  # views if no nulls
+
+    def take(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows `rows` (B,) end to end, (N,), and their lengths, (B,) int64."""
+        chunk = np.searchsorted(self.first_row, rows, side="right") - 1  # (B,)
+        at = rows + chunk  # (B,): each row's first offset in the concatenation
+        start, end = self.offsets[at], self.offsets[at + 1]  # (B,) each
+        # One slice per row (the rows of a random batch lie in different chunks), with Python
+        # ints: several times cheaper than slicing with NumPy scalars.
+        parts = [
+            self.values[c][a:b]
+            for c, a, b in zip(chunk.tolist(), start.tolist(), end.tolist(), strict=True)
         ]
+        values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return values, (end - start).astype(np.int64)
 
 
 @dataclass

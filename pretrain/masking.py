@@ -11,13 +11,18 @@ counter-based generator, evaluated for the whole batch at once), so a sample's m
 on the number of loader workers, on which samples share its batch or in what order, and it is the
 same after a resume; each epoch masks every sample afresh.
 
+A batch is built without a loop over its rows or tokens: the rows arrive end to end
+(`PairBatch`, as `pretrain.data.PairDataset` reads them) and every step, from padding to the
+80/10/10 split, is a NumPy operation over the whole padded (B, T) batch.
+
 Batches follow the "Batches" table of docs/ARCHITECTURE.md.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +110,100 @@ def continuation_ids_from_vocab(vocab: Sequence[str] | str | os.PathLike[str]) -
     return [i for i, token in enumerate(tokens) if token.startswith("##")]
 
 
+@dataclass(frozen=True, eq=False)
+class PairBatch:
+    """The NSP pairs of one micro-batch, unpadded and end to end: what `pretrain.data.PairDataset`
+    reads in one go and `MaskingCollator` pads and masks without a loop over the rows.
+
+    Row i's tokens are `input_ids[offsets[i]:offsets[i + 1]]` with `offsets` the running sum of
+    `lengths` from 0. The batch is also a read-only sequence of row dicts, the features
+    `MaskingCollator` otherwise takes.
+    """
+
+    input_ids: np.ndarray
+    """(N,) integer: the rows' `[CLS] A [SEP] B [SEP]` ids, one row after the other."""
+    token_type_ids: np.ndarray
+    """(N,) integer, aligned with `input_ids`."""
+    lengths: np.ndarray
+    """(B,) int64: tokens per row; N is their sum."""
+    next_sentence_label: np.ndarray
+    """(B,) integer."""
+    epoch: np.ndarray
+    """(B,) uint64: the sampler's epoch of each row (below 2**32)."""
+    index: np.ndarray
+    """(B,) uint64: the sampler's index of each row."""
+
+    def __post_init__(self) -> None:
+        batch = self.lengths.shape
+        n_tokens = int(self.lengths.sum())
+        if self.input_ids.shape != (n_tokens,) or self.token_type_ids.shape != (n_tokens,):
+            raise ValueError(
+                f"PairBatch: lengths add up to {n_tokens} tokens, but input_ids has shape "
+                f"{self.input_ids.shape} and token_type_ids {self.token_type_ids.shape}"
+            )
+        for name in ("next_sentence_label", "epoch", "index"):
+            if getattr(self, name).shape != batch:
+                raise ValueError(f"PairBatch: {name} must have shape {batch} like lengths")
+        if self.epoch.dtype != np.uint64 or self.index.dtype != np.uint64:
+            raise ValueError("PairBatch: epoch and index must be uint64 arrays")
+
+    @classmethod
+    def from_features(cls, features: Sequence[dict[str, Any]]) -> PairBatch:
+        """Pack row dicts (`input_ids` and `token_type_ids` as lists, arrays or 1-D tensors;
+        `next_sentence_label`, `epoch`, `index`) into a batch, checking each row."""
+        keys = np.zeros((len(features), 2), dtype=np.uint64)  # (B, 2): epoch, index
+        for i, f in enumerate(features):
+            if len(f["token_type_ids"]) != len(f["input_ids"]):
+                raise ValueError(
+                    f"feature {i}: token_type_ids has {len(f['token_type_ids'])} entries, "
+                    f"input_ids {len(f['input_ids'])}"
+                )
+            try:
+                epoch, index = int(f["epoch"]), int(f["index"])
+            except KeyError as err:
+                raise KeyError(
+                    f"feature {i} has no {err}: MaskingCollator needs the sampler's epoch and "
+                    "index in every feature"
+                ) from None
+            if not (0 <= epoch < 2**32 and 0 <= index < 2**64):
+                raise ValueError(f"feature {i}: epoch {epoch} or index {index} out of range")
+            keys[i] = epoch, index
+
+        def flat(name: str) -> np.ndarray:  # (N,): the rows' values end to end
+            rows = [np.asarray(f[name]).reshape(-1) for f in features]
+            return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+
+        return cls(
+            input_ids=flat("input_ids"),
+            token_type_ids=flat("token_type_ids"),
+            lengths=np.array([len(f["input_ids"]) for f in features], dtype=np.int64),
+            next_sentence_label=np.array(
+                [int(f["next_sentence_label"]) for f in features], dtype=np.int64
+            ),
+            epoch=keys[:, 0].copy(),
+            index=keys[:, 1].copy(),
+        )
+
+    def __len__(self) -> int:
+        return int(self.lengths.size)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Row `i` as the dict `from_features` takes (ids as array views)."""
+        i = range(len(self))[i]  # negative indices, and IndexError past the end
+        start = int(self.lengths[:i].sum())
+        end = start + int(self.lengths[i])
+        return {
+            "input_ids": self.input_ids[start:end],
+            "token_type_ids": self.token_type_ids[start:end],
+            "next_sentence_label": int(self.next_sentence_label[i]),
+            "epoch": int(self.epoch[i]),
+            "index": int(self.index[i]),
+        }
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self)))
+
+
 # Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011): a
 # counter-based generator, i.e. a keyed bijection of a 128-bit counter, so the random words of
 # any (sample, position) are computed directly, for the whole batch at once.
@@ -136,8 +235,66 @@ def _philox4x32(
     return c0, c1, c2, c3
 
 
+def _visit_order(starts: np.ndarray, order_word: np.ndarray) -> np.ndarray:
+    """Each row's positions in visit order, (B, T) intp: the words' first positions (`starts`,
+    (B, T) bool) by their random word (`order_word`, (B, T) uint64 below 2**32), ties by position,
+    then every other position, by position. The stable argsort of
+    `where(starts, order_word, 2**32)` along the rows.
+
+    Computed as one plain sort of unique 64-bit keys `value << bits | position`: a value sort is
+    several times faster than a stable argsort, and the position comes back from the low bits.
+    """
+    width = starts.shape[1]
+    bits = max(1, (width - 1).bit_length())  # bits of the largest position
+    if 33 + bits > 64:  # no room for the key (a width beyond 2**31): the plain argsort
+        sort_key = np.where(starts, order_word, np.uint64(2**32))
+        return np.argsort(sort_key, axis=1, kind="stable")
+    position = np.arange(width, dtype=np.uint64)  # (T,)
+    key = np.where(starts, order_word, np.uint64(2**32))  # (B, T), 33-bit values
+    key <<= np.uint64(bits)
+    key |= position
+    key.sort(axis=1)
+    key &= np.uint64((1 << bits) - 1)
+    return key.astype(np.intp)
+
+
+def _first_visited(candidate: np.ndarray, order_word: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """The first `k` (B,) candidates (`candidate`, (B, T) bool) of each row in visit order,
+    (B, T) bool: by `order_word` ((B, T) uint64 below 2**32), ties by position. Without
+    whole-word masking every word is one position and fits, so these are the chosen positions.
+
+    No argsort: the k-th smallest word of the row's candidates is a threshold; below it every
+    candidate is taken, at it the first ones by position until k. Sorting the 32-bit words alone
+    is an order of magnitude faster than sorting 64-bit (word, position) keys.
+    """
+    word = order_word.astype(np.uint32)  # (B, T), exact: the words are below 2**32
+    # Others sort after every candidate (a tie at 2**32 - 1 changes no order statistic of the
+    # candidates: the k-th smallest of all, k <= the row's candidates, is theirs).
+    word[~candidate] = np.uint32(2**32 - 1)
+    kth = np.sort(word, axis=1)[np.arange(word.shape[0]), np.maximum(k, 1) - 1]  # (B,)
+    below = candidate & (word < kth[:, None])  # (B, T)
+    at = candidate & (word == kth[:, None])  # (B, T): the ties at the threshold
+    room = k - below.sum(axis=1)  # (B,), >= 1 where k >= 1
+    # A row without candidates (k = 0) has none below or at its threshold.
+    return below | (at & (np.cumsum(at, axis=1) <= room[:, None]))
+
+
+def _batch_buffer(numel: int) -> torch.Tensor:
+    """The (numel,) int64 buffer a batch's tensors are views of.
+
+    A loader worker hands every storage over as a shared-memory segment and a file descriptor of
+    its own: one storage instead of five saves about a quarter of a worker's time at seq 128
+    (bench/loader.py). In a worker the buffer is allocated in shared memory from the start, as
+    torch's `default_collate` does, so the hand-over copies nothing.
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(numel, dtype=torch.long)
+    elem = torch.empty(0, dtype=torch.long)
+    return elem.new(elem._typed_storage()._new_shared(numel, device=elem.device))
+
+
 class MaskingCollator:
-    """Pads a list of NSP pairs into a batch and masks it (see the module docstring).
+    """Pads NSP pairs into a batch and masks it (see the module docstring).
 
     Args:
         cfg: the masking recipe.
@@ -201,80 +358,83 @@ class MaskingCollator:
                 "random_token_prob > 0 needs at least one non-special token in the vocabulary"
             )
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: PairBatch | Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """Pad and mask `features` into a batch.
 
-        Each feature has `input_ids` (`[CLS] A [SEP] B [SEP]`, unpadded; a list, array or 1-D
-        tensor), `token_type_ids` (same length), `next_sentence_label`, and the sampler's `epoch`
-        and `index`. The batch has `input_ids` (masked), `token_type_ids`, `attention_mask` and
-        `labels` (original id at chosen positions, -100 elsewhere), all (B, T) long with T the
-        longest length rounded up to `pad_to_multiple_of`, and `next_sentence_label` (B,) long.
+        `features` is a `PairBatch`, or a list of row dicts: `input_ids` (`[CLS] A [SEP] B [SEP]`,
+        unpadded; a list, array or 1-D tensor), `token_type_ids` (same length),
+        `next_sentence_label`, and the sampler's `epoch` and `index`. The batch has `input_ids`
+        (masked), `token_type_ids`, `attention_mask` and `labels` (original id at chosen
+        positions, -100 elsewhere), all (B, T) long with T the longest length rounded up to
+        `pad_to_multiple_of`, and `next_sentence_label` (B,) long: contiguous views of one
+        storage.
         """
-        if not features:
+        if not len(features):
             raise ValueError("MaskingCollator got an empty list of features")
-        lengths = np.array([len(f["input_ids"]) for f in features], dtype=np.int64)  # (B,)
+        pairs = features if isinstance(features, PairBatch) else PairBatch.from_features(features)
+        lengths = pairs.lengths  # (B,)
         multiple = self.cfg.pad_to_multiple_of
-        batch, width = len(features), -(-int(lengths.max()) // multiple) * multiple
-
-        input_ids = np.full((batch, width), self.pad_id, dtype=np.int64)
-        token_type_ids = np.zeros((batch, width), dtype=np.int64)
-        keys = np.zeros((2, batch), dtype=np.uint64)  # (epoch, index) of each sample
-        for i, (f, n) in enumerate(zip(features, lengths, strict=True)):
-            if len(f["token_type_ids"]) != n:
-                raise ValueError(
-                    f"feature {i}: token_type_ids has {len(f['token_type_ids'])} entries, "
-                    f"input_ids {n}"
-                )
-            input_ids[i, :n] = f["input_ids"]
-            token_type_ids[i, :n] = f["token_type_ids"]
-            try:
-                epoch, index = int(f["epoch"]), int(f["index"])
-            except KeyError as err:
-                raise KeyError(
-                    f"feature {i} has no {err}: MaskingCollator needs the sampler's epoch and "
-                    "index in every feature"
-                ) from None
-            if not (0 <= epoch < 2**32 and 0 <= index < 2**64):
-                raise ValueError(f"feature {i}: epoch {epoch} or index {index} out of range")
-            keys[:, i] = epoch, index
-        if input_ids.min() < 0 or input_ids.max() >= self.vocab_size:
+        batch, width = lengths.size, -(-int(lengths.max()) // multiple) * multiple
+        if int(pairs.epoch.max()) >= 2**32:
+            row = int(np.argmax(pairs.epoch))
+            raise ValueError(f"feature {row}: epoch {int(pairs.epoch[row])} out of range")
+        ids = pairs.input_ids  # (N,)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
             raise ValueError(
                 f"input ids must be in [0, {self.vocab_size}) (vocab_size), got ids from "
-                f"{input_ids.min()} to {input_ids.max()}: is the data from another tokenizer?"
+                f"{ids.min()} to {ids.max()}: is the data from another tokenizer?"
             )
+
+        size = batch * width
+        out = _batch_buffer(4 * size + batch)
+        views = out.numpy()
+        input_ids, token_type_ids, attention_mask, labels = (
+            views[i * size : (i + 1) * size].reshape(batch, width) for i in range(4)
+        )
+        next_sentence_label = views[4 * size :]  # (B,)
+
+        # The rows end to end fill the real positions of the padded batch in row-major order.
+        real = np.arange(width) < lengths[:, None]  # (B, T)
+        input_ids.fill(self.pad_id)
+        input_ids[real] = ids
+        token_type_ids.fill(0)
+        token_type_ids[real] = pairs.token_type_ids
+        attention_mask[...] = real
+        next_sentence_label[...] = pairs.next_sentence_label
 
         # Four random 32-bit words per position, each (B, T), from the counter
         # (position, epoch, index low, index high) under the key (seed low, seed high): they
         # depend on nothing else, so not on the padded width, the batch or the worker.
-        epoch, index = keys[:, :, None]  # (B, 1) each
+        epoch, index = pairs.epoch[:, None], pairs.index[:, None]  # (B, 1) each
         position = np.arange(width, dtype=np.uint64)[None, :]  # (1, T)
         order_word, action_word, token_word, _ = _philox4x32(
             (position, epoch, index & _LOW32, index >> _32), self._philox_key
         )
 
-        real = np.arange(width) < lengths[:, None]  # (B, T)
         chosen = self._choose(input_ids, real, order_word)  # (B, T)
-        labels = np.where(chosen, input_ids, IGNORE_INDEX)
+        np.copyto(labels, input_ids)
+        np.copyto(labels, IGNORE_INDEX, where=~chosen)
 
-        # 80/10/10, decided per chosen position by a uniform in [0, 1).
-        action = action_word * 2.0**-32  # (B, T)
+        # 80/10/10, decided per chosen position by a uniform u = word / 2**32 in [0, 1): u < p
+        # exactly when word < ceil(p * 2**32) (p * 2**32 is exact in a double).
+        at = np.flatnonzero(chosen)  # (n_chosen,) flat positions
+        action = action_word.reshape(-1)[at]  # (n_chosen,)
         p_mask = self.cfg.mask_token_prob
-        to_mask = chosen & (action < p_mask)
-        to_random = chosen & (action >= p_mask) & (action < p_mask + self.cfg.random_token_prob)
-        input_ids[to_mask] = self.mask_id
+        below_mask = math.ceil(p_mask * 2.0**32)
+        below_random = math.ceil((p_mask + self.cfg.random_token_prob) * 2.0**32)
+        flat_ids = input_ids.reshape(-1)  # a view: writes go into input_ids
+        flat_ids[at[action < below_mask]] = self.mask_id
+        to_random = at[(action >= below_mask) & (action < below_random)]
         # floor(word * n / 2**32): uniform over the n replacement ids up to a bias below n / 2**32.
         n_replacement = np.uint64(self._replacement_ids.size)
-        input_ids[to_random] = self._replacement_ids[(token_word[to_random] * n_replacement) >> _32]
+        draw = (token_word.reshape(-1)[to_random] * n_replacement) >> _32
+        flat_ids[to_random] = self._replacement_ids[draw]
 
-        return {
-            "input_ids": torch.from_numpy(input_ids),
-            "token_type_ids": torch.from_numpy(token_type_ids),
-            "attention_mask": torch.from_numpy(real.astype(np.int64)),
-            "labels": torch.from_numpy(labels),
-            "next_sentence_label": torch.tensor(
-                [int(f["next_sentence_label"]) for f in features], dtype=torch.long
-            ),
+        names = ("input_ids", "token_type_ids", "attention_mask", "labels")
+        tensors = {
+            n: out[i * size : (i + 1) * size].view(batch, width) for i, n in enumerate(names)
         }
+        return {**tensors, "next_sentence_label": out[4 * size :]}
 
     def _choose(
         self, input_ids: np.ndarray, real: np.ndarray, order_word: np.ndarray
@@ -285,24 +445,26 @@ class MaskingCollator:
         Google's procedure, per sequence: group the candidate positions into words (one position
         per word without whole-word masking), visit the words in random order, take each word
         that still fits in the count, stop when the count is reached. It runs for the whole batch
-        at once: the order is an argsort of a random key per word, the greedy walk a cumulative
-        sum plus a short loop over the words left after the first one that did not fit.
+        at once: the order is a sort of a random key per word; without whole-word masking the
+        first `count` words are taken, with it the greedy walk is a cumulative sum plus a short
+        loop over the words left after the first one that did not fit.
         """
         candidate = real & ~self._is_special[input_ids]  # (B, T)
         n_candidates = candidate.sum(axis=1)  # (B,)
         count = np.maximum(1, np.rint(n_candidates * self.cfg.mlm_probability)).astype(np.int64)
         if self.cfg.max_predictions_per_seq is not None:
             count = np.minimum(count, self.cfg.max_predictions_per_seq)
+        rows = candidate.shape[0]
 
-        if self.cfg.whole_word_masking:
-            # A `##` token continues the word of the candidate just before it; after a special
-            # token (or at the start) it starts a word of its own, so no word spans [SEP].
-            follows_candidate = np.zeros_like(candidate)
-            follows_candidate[:, 1:] = candidate[:, :-1]
-            continues = self._is_continuation[input_ids] & follows_candidate
-            starts = candidate & ~continues  # (B, T): first position of each word
-        else:
-            starts = candidate
+        if not self.cfg.whole_word_masking:
+            return _first_visited(candidate, order_word, np.minimum(count, n_candidates))
+
+        # A `##` token continues the word of the candidate just before it; after a special
+        # token (or at the start) it starts a word of its own, so no word spans [SEP].
+        continues = self._is_continuation[input_ids]  # (B, T), a fresh array
+        continues[:, 1:] &= candidate[:, :-1]
+        continues[:, 0] = False
+        starts = candidate & ~continues  # (B, T): first position of each word
 
         # Words numbered in row-major order of their first position; every candidate belongs to
         # the last word started at or before it, which lies in the same row.
@@ -311,32 +473,51 @@ class MaskingCollator:
         word_length = np.zeros(starts.shape, dtype=np.int64)  # (B, T): at first positions
         word_length[starts] = np.bincount(word_of[candidate], minlength=int(n_words.sum()))
 
-        # Visit order: words sorted by the random word at their first position; the rest get
-        # 2**32, above any 32-bit word, and sort last. A stable sort breaks the rare ties by
-        # position, so the order does not depend on the padded width.
-        sort_key = np.where(starts, order_word, np.uint64(2**32))
-        order = np.argsort(sort_key, axis=1, kind="stable")  # (B, T)
-        visited_length = np.take_along_axis(word_length, order, axis=1)  # (B, T), 0 past the end
+        # Visit order: words by the random word at their first position, ties by position (so
+        # the order does not depend on the padded width); the other positions last, length 0.
+        order = _visit_order(starts, order_word)  # (B, T)
+        row = np.arange(rows)[:, None]  # (B, 1)
+        visited_length = word_length[row, order]  # (B, T), 0 past the words
 
         # Until a word does not fit, the taken words are a prefix of the visit order.
         taken = (np.cumsum(visited_length, axis=1) <= count[:, None]) & (visited_length > 0)
         budget = count - (visited_length * taken).sum(axis=1)  # (B,)
         first_skipped = taken.sum(axis=1)  # (B,)
-        rows = np.flatnonzero((budget > 0) & (first_skipped < n_words))
-        # Only whole-word masking gets here (single-position words always fit); the loop walks
-        # the words after the first skipped one, for the rows with room left.
-        if rows.size:
-            budget = budget[rows]
-            for j in range(int(first_skipped[rows].min()), int(n_words[rows].max())):
-                length = visited_length[rows, j]
-                fits = (length > 0) & (length <= budget) & ~taken[rows, j]
-                taken[rows, j] |= fits
-                budget -= np.where(fits, length, 0)
-                if not budget.any():
-                    break
+        walking = np.flatnonzero((budget > 0) & (first_skipped < n_words))
+        if walking.size:
+            self._walk_rest(visited_length[walking], taken, walking, budget[walking])
 
         word_taken = np.zeros_like(starts)  # (B, T): at first positions
-        np.put_along_axis(word_taken, order, taken, axis=1)
+        word_taken[row, order] = taken
         chosen = np.zeros_like(candidate)
         chosen[candidate] = word_taken[starts][word_of[candidate]]
         return chosen
+
+    @staticmethod
+    def _walk_rest(
+        visited_length: np.ndarray, taken: np.ndarray, rows: np.ndarray, budget: np.ndarray
+    ) -> None:
+        """Google's walk past the first word that did not fit, for the rows with room left:
+        `visited_length` (R, T) are their words' lengths in visit order, `budget` (R,) the room,
+        `rows` (R,) their rows of `taken` (B, T), updated in place.
+
+        The room only shrinks, so only words no longer than it can still be taken; those are
+        gathered to the front of each row (in visit order), and a loop over them, vectorised
+        over the rows, takes each that fits, until no row has room or words left.
+        """
+        # Words past the taken prefix that could fit: (R, T) bool, then their columns packed to
+        # the left of each row in visit order, `-1` padding the rest.
+        fits_ever = (visited_length > 0) & (visited_length <= budget[:, None]) & ~taken[rows]
+        n_left = fits_ever.sum(axis=1)  # (R,)
+        width = int(n_left.max())
+        columns = np.full((rows.size, width), -1, dtype=np.int64)  # (R, W)
+        columns[np.arange(width) < n_left[:, None]] = np.nonzero(fits_ever)[1]
+        for j in range(width):
+            live = (budget > 0) & (j < n_left)  # rows with room and a word left at rank j
+            if not live.any():
+                break
+            r = np.flatnonzero(live)
+            length = visited_length[r, columns[r, j]]  # (r,)
+            fits = length <= budget[r]
+            taken[rows[r[fits]], columns[r[fits], j]] = True
+            budget[r[fits]] -= length[fits]
