@@ -1,4 +1,4 @@
-"""`bert-prep`: corpus → train/validation documents → token ids → NSP pairs → Arrow shards.
+"""`bert-prep`: corpus → token ids → train/validation documents → NSP pairs → Arrow shards.
 
 Writes the prepared data directory of docs/ARCHITECTURE.md (`train/`, `validation/`,
 `dataset_dict.json`, `tokenizer/`, `manifest.json`) into a temporary sibling and renames it into
@@ -8,6 +8,10 @@ config, tokenizer and inputs is reused; `force=true` rebuilds. With `num_slices`
 across processes (SLURM array tasks): see data_prep/slices.py. Leftovers of a killed earlier run
 beside the output are removed first (`files.clean_leftovers`). The request, tokenization and the
 writing of the directory live in data_prep/prepared.py, shared with the sliced build.
+
+Memory does not grow with the corpus: documents stream through the tokenizer into a token store
+on disk (data_prep/token_store.py, inside the temporary output directory) and are paired and
+written a pool at a time (data_prep/prepared.py).
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ import hydra
 from omegaconf import DictConfig
 
 from data_prep.config import CONF_DIR, PrepAppConfig, to_object
-from data_prep.files import clean_leftovers
+from data_prep.files import atomic_directory, clean_leftovers
 from data_prep.prepared import (
+    WORK_DIR,
     Request,
     check_pairable,
     print_summary,
-    tokenize_documents,
-    tokenizer_threads,
+    tokenize_corpus,
     write_prepared,
 )
 from data_prep.slices import build_slice, merge_slices
@@ -44,27 +48,24 @@ def build(cfg: PrepAppConfig | DictConfig) -> Path:
     req = Request.open(cfg)
     if req.finished():
         return Path(cfg.output_dir)
-    with tokenizer_threads(req.num_proc == 1):
-        return _build(req)
+    return _build(req)
 
 
 def _build(req: Request) -> Path:
-    from data_prep.corpus import read_corpus
+    from data_prep.token_store import TokenStore
 
     cfg = req.cfg
-    corpus = read_corpus(cfg.corpus, req.sources)
-    check_pairable(cfg, len(corpus.documents), sum(len(d.sentences) >= 2 for d in corpus.documents))
-    read_s = time.perf_counter() - req.start
-    ids = tokenize_documents(
-        [d.sentences for d in corpus.documents], req.tokenizer_dir / "tokenizer.json", req.num_proc
-    )
-    tokenize_s = time.perf_counter() - req.start - read_s
-    sources = [s.info() for s in corpus.sources]
-    stats, pairs_s = write_prepared(req, ids, sources)
+    out = Path(cfg.output_dir)
+    with atomic_directory(out) as tmp:
+        part = tmp / WORK_DIR / "tokens"
+        counts = tokenize_corpus(req, part)
+        check_pairable(cfg, counts.num_documents, counts.num_multi_sentence)
+        tokenize_s = time.perf_counter() - req.start
+        stats = write_prepared(req, TokenStore([part]), counts.sources, tmp)
     seconds = time.perf_counter() - req.start
-    timing = f"read {read_s:.1f} s, tokenize {tokenize_s:.1f} s, pairs {pairs_s:.1f} s"
-    print_summary(Path(cfg.output_dir), corpus.num_bytes, stats, seconds, timing)
-    return Path(cfg.output_dir)
+    timing = f"read + tokenize {tokenize_s:.1f} s, pairs + write {seconds - tokenize_s:.1f} s"
+    print_summary(out, counts.num_bytes, stats, seconds, timing)
+    return out
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prep")

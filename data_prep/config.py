@@ -200,6 +200,12 @@ class PrepAppConfig:
     dupe_factor: int = 5
     # Fraction of documents held out for validation (at least one document each side).
     validation_fraction: float = 0.05
+    # Pairs are made one pool of documents at a time, and a random-next segment comes from a
+    # document of the same pool (data_prep/pairs.py): a split of up to this many tokens is one pool
+    # (every document a candidate, as in one shard of Google's script); a larger one is cut into
+    # random pools of at most about this size. Peak memory grows with it, not with the corpus:
+    # about 8 bytes per token at dupe_factor 5 (a 25M-token pool: 0.44 GB in all; docs/BENCHMARKS.md).
+    pool_tokens: int = 32_000_000
     # Seed of the train/validation split, the pairs and their order.
     seed: int = 12345
     # Worker processes for tokenization and pair making (null = all CPUs); the output is the same
@@ -231,6 +237,11 @@ class PrepAppConfig:
             )
         if not 1 <= self.dupe_factor <= 1000:
             raise UserError(f"dupe_factor must be in [1, 1000], got {self.dupe_factor}")
+        if self.pool_tokens < self.max_seq_length:
+            raise UserError(
+                f"pool_tokens must be >= max_seq_length ({self.max_seq_length}): a pool holds "
+                f"documents of many sequences; got {self.pool_tokens}"
+            )
         if self.num_proc is not None and self.num_proc < 1:
             raise UserError(f"num_proc must be >= 1 or null, got {self.num_proc}")
         if self.num_shards is not None and self.num_shards < 1:

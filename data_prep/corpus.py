@@ -26,7 +26,16 @@ from data_prep.files import sha256_file
 from data_prep.sentences import split_sentences
 from pretrain.errors import UserError
 
-__all__ = ["Corpus", "Document", "Source", "open_sources", "read_corpus", "text_to_sentences"]
+__all__ = [
+    "Corpus",
+    "Document",
+    "Source",
+    "document_bytes",
+    "iter_documents",
+    "open_sources",
+    "read_corpus",
+    "text_to_sentences",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,34 +67,50 @@ def text_to_sentences(text: str) -> list[str]:
     return [s for line in text.splitlines() for s in split_sentences(line)]
 
 
-def read_corpus(cfg: CorpusConfig, sources: list[Source] | None = None) -> Corpus:
-    """Read every source of `cfg` (or the already opened `sources`); empty documents are dropped,
-    an empty corpus is a `UserError`."""
+def iter_documents(cfg: CorpusConfig, sources: list[Source] | None = None) -> Iterator[Document]:
+    """Every non-empty document of `cfg`'s sources (or the already opened `sources`), in corpus
+    order, read one at a time (at most `cfg.max_documents`); each is counted into its
+    `Source.num_documents` as it is yielded. An empty corpus is a `UserError`, raised when the
+    sources are exhausted."""
     if sources is None:
         sources = open_sources(cfg)
-    documents: list[Document] = []
-    num_bytes = 0
     limit = cfg.max_documents
+    count = 0
     for source in sources:
-        if limit is not None and len(documents) >= limit:
+        if limit is not None and count >= limit:
             break
         for doc in source.read():
             if not doc.sentences:
                 continue
-            documents.append(doc)
             source.num_documents += 1
-            num_bytes += sum(len(s.encode("utf-8")) for s in doc.sentences)
-            if limit is not None and len(documents) >= limit:
+            count += 1
+            yield doc
+            if limit is not None and count >= limit:
                 break
-    if not documents:
+    if not count:
         names = ", ".join(s.name for s in sources)
         raise UserError(
             f"corpus {cfg.name!r} has no text: read {names} and found no non-empty line; "
             "check corpus.paths / corpus.text_column"
         )
+
+
+def document_bytes(doc: Document) -> int:
+    """UTF-8 size of a document's sentences (what throughput reports count)."""
+    return sum(len(s.encode("utf-8")) for s in doc.sentences)
+
+
+def read_corpus(cfg: CorpusConfig, sources: list[Source] | None = None) -> Corpus:
+    """Every document of `cfg` in memory (`iter_documents`); `bert-prep` streams them instead."""
+    if sources is None:
+        sources = open_sources(cfg)
+    documents = list(iter_documents(cfg, sources))
     single = sum(1 for d in documents if len(d.sentences) == 1)
     return Corpus(
-        documents=documents, sources=sources, num_bytes=num_bytes, num_single_sentence=single
+        documents=documents,
+        sources=sources,
+        num_bytes=sum(document_bytes(d) for d in documents),
+        num_single_sentence=single,
     )
 
 

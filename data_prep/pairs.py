@@ -18,14 +18,29 @@ A one-sentence document can start only NotNext pairs; it still gives B's to othe
 Unlike Google's single random stream, each (pass, document) has its own `random.Random` seeded from
 (seed, salt, pass, document), so the result does not depend on how the work is split across
 processes. Pairs are kept as token spans of one flat token array until `pair_columns` builds them.
+
+Pools. Google's script draws the random document from the documents it holds in memory, one input
+shard at a time. Here a split is cut into *pools* of about `pool_tokens` tokens (`assign_pools`),
+and a random B comes from a document of the same pool; one pool is in memory at a time. A split of
+at most `pool_tokens` tokens is one pool: every document of the split is a candidate, as in a
+single Google shard. A larger split is cut into P = ceil(tokens / pool_tokens) pools by a seeded
+random partition of its documents (balanced by tokens), so each pool is a random sample of the
+whole split, never a stretch of related documents. What changes against one pool is which
+document a random B is drawn from: each document's stream stays seeded by its number in the split,
+so its target lengths, chunks and A/B cuts are the same up to its first random-next draw; that
+draw ranges over the pool's documents instead of the split's, and as it consumes a different
+number of random bits, the document's later draws differ too. The statistics (random-next
+fraction, short targets, A/B lengths) stay Google's (tests/data_prep/test_nsp_pairs.py checks
+them within 1% of one pool's).
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
@@ -76,6 +91,26 @@ class TokenizedDocuments:
     def sentences_per_document(self) -> np.ndarray:
         return np.diff(self.document_offsets)
 
+    def tokens_per_document(self) -> np.ndarray:
+        return np.diff(self.sentence_offsets[self.document_offsets])
+
+    def subset(self, documents: np.ndarray) -> TokenizedDocuments:
+        """The documents at `documents` (increasing positions), as their own flat arrays."""
+        documents = np.asarray(documents, dtype=np.int64)
+        first = self.document_offsets[documents]
+        counts = self.document_offsets[documents + 1] - first
+        sentences = _ranges(first, counts)
+        lengths = np.diff(self.sentence_offsets)[sentences]
+        starts = self.sentence_offsets[sentences]
+        tokens = self.tokens[_ranges(starts, lengths)]
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        doc_offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=doc_offsets[1:])
+        return TokenizedDocuments(
+            tokens=tokens, sentence_offsets=offsets, document_offsets=doc_offsets
+        )
+
 
 @dataclass(frozen=True)
 class PairSpans:
@@ -123,6 +158,12 @@ class Pair(NamedTuple):
 
 _COLUMNS = tuple(f.name for f in fields(PairSpans))
 _FIELDS = len(_COLUMNS)
+# Column dtypes: token offsets need int64 (a pool may hold more than 2**31 tokens); the facts fit
+# smaller types, which keeps a pool's spans at 51 bytes per pair instead of 88.
+_DTYPES = {"a_start": np.int64, "a_end": np.int64, "b_start": np.int64, "b_end": np.int64,
+           "is_random_next": np.bool_, "document": np.int32, "b_document": np.int32,
+           "short_target": np.bool_, "target_length": np.int32, "chunk_sentences": np.int32,
+           "dupe": np.int16}  # fmt: skip
 
 
 def document_pairs(
@@ -217,9 +258,12 @@ def _rng(seed: int, salt: str, dupe: int, document: int) -> random.Random:
 _STATE: dict[str, object] = {}
 
 
-def _init_worker(sentence_offsets: list[int], document_offsets: list[int], params: tuple) -> None:
+def _init_worker(
+    sentence_offsets: list[int], document_offsets: list[int], document_ids: list[int], params: tuple
+) -> None:
     _STATE["sentence_offsets"] = sentence_offsets
     _STATE["document_offsets"] = document_offsets
+    _STATE["document_ids"] = document_ids
     _STATE["params"] = params
 
 
@@ -227,10 +271,11 @@ def _run_job(job: tuple[int, int, int]) -> list[np.ndarray]:
     dupe, doc_lo, doc_hi = job
     sentence_offsets = _STATE["sentence_offsets"]
     document_offsets = _STATE["document_offsets"]
+    document_ids = _STATE["document_ids"]
     max_seq_length, short_seq_prob, seed, salt = _STATE["params"]  # type: ignore[misc]
     out: list[list[int]] = [[] for _ in range(_FIELDS)]
     for document in range(doc_lo, doc_hi):
-        rng = _rng(seed, salt, dupe, document)
+        rng = _rng(seed, salt, dupe, document_ids[document])  # type: ignore[index]
         document_pairs(
             sentence_offsets,  # type: ignore[arg-type]
             document_offsets,  # type: ignore[arg-type]
@@ -241,7 +286,9 @@ def _run_job(job: tuple[int, int, int]) -> list[np.ndarray]:
             out,
             dupe,
         )
-    return [np.asarray(column, dtype=np.int64) for column in out]
+    return [
+        np.asarray(column, dtype=_DTYPES[name]) for name, column in zip(_COLUMNS, out, strict=True)
+    ]
 
 
 def make_pair_spans(
@@ -254,8 +301,14 @@ def make_pair_spans(
     salt: str = "",
     shuffle: bool = True,
     num_proc: int = 1,
+    document_ids: np.ndarray | None = None,
 ) -> PairSpans:
-    """All pairs of `dupe_factor` passes over `docs`, shuffled (seeded); the same for any `num_proc`."""
+    """All pairs of `dupe_factor` passes over `docs` (one pool: random B's come from `docs`),
+    shuffled with `pair_order(seed, salt)` unless `shuffle=False`; the same for any `num_proc`.
+
+    `document_ids` numbers the documents for their random streams (default 0, 1, …): a pool passes
+    its documents' numbers in the split, so that a document's pairs depend on its pool only
+    through the random-next draws."""
     if max_seq_length < 8:
         raise ValueError(f"max_seq_length must be >= 8, got {max_seq_length}")
     if docs.num_documents < 1:
@@ -265,9 +318,15 @@ def make_pair_spans(
     jobs = [
         (d, lo, min(n, lo + per_job)) for d in range(dupe_factor) for lo in range(0, n, per_job)
     ]
+    if document_ids is None:
+        document_ids = np.arange(n)
+    if len(document_ids) != n:
+        raise ValueError(f"{len(document_ids)} document_ids for {n} documents")
+    # Python lists: `document_pairs` indexes them once per sentence (a NumPy scalar costs 5x more).
     init_args = (
         docs.sentence_offsets.tolist(),
         docs.document_offsets.tolist(),
+        np.asarray(document_ids).tolist(),
         (max_seq_length, short_seq_prob, seed, salt),
     )
     if num_proc > 1 and len(jobs) > 1:
@@ -279,19 +338,87 @@ def make_pair_spans(
             results = [_run_job(job) for job in jobs]
         finally:
             _STATE.clear()
-    columns = [np.concatenate([r[k] for r in results]) for k in range(_FIELDS)]
-    spans = PairSpans(
-        **{name: col.astype(bool) if name in ("is_random_next", "short_target") else col
-           for name, col in zip(_COLUMNS, columns, strict=True)}
-    )  # fmt: skip
+    columns = {}
+    for k, name in enumerate(_COLUMNS):  # one column at a time: the jobs' pieces go as they join
+        columns[name] = np.concatenate([r[k] for r in results])
+        for r in results:
+            r[k] = None
+    del results
+    spans = PairSpans(**columns)
+    del columns
     if shuffle:
-        perm = np.random.default_rng(_numpy_seed(seed, salt)).permutation(len(spans))
-        spans = spans.take(perm)
+        spans = spans.take(pair_order(seed, salt).permutation(len(spans)))
     return spans
+
+
+def pair_order(seed: int, salt: str) -> np.random.Generator:
+    """The generator that shuffles a split's pairs: pool k's pairs are shuffled by its k-th
+    `permutation` (pools are written one after the other, so with one pool the whole split is
+    shuffled, as Google shuffles a shard's instances)."""
+    return np.random.default_rng(_numpy_seed(seed, salt))
 
 
 def _numpy_seed(seed: int, salt: str) -> list[int]:
     return [seed & 0xFFFFFFFF, *salt.encode()]
+
+
+def pooled_pair_spans(
+    read: Callable[[np.ndarray], TokenizedDocuments],
+    document_tokens: np.ndarray,
+    *,
+    pool_tokens: int,
+    max_seq_length: int,
+    short_seq_prob: float = 0.1,
+    dupe_factor: int = 1,
+    seed: int = 12345,
+    salt: str = "",
+    num_proc: int = 1,
+) -> Iterator[tuple[np.ndarray, PairSpans]]:
+    """The pairs of a split one pool at a time: (the pool's documents, its shuffled pairs) per
+    pool (`assign_pools`). `read(pool)` gives the pool's documents (positions in the split,
+    increasing) as `TokenizedDocuments` (only the offsets are used: the spans index the pool's
+    tokens, which the caller reads when it builds the rows). `document_tokens` (D,) is the
+    split's tokens per document. With one pool this is `make_pair_spans` of the split."""
+    order = pair_order(seed, salt)
+    for pool in assign_pools(document_tokens, pool_tokens, seed, salt):
+        spans = make_pair_spans(
+            read(pool),
+            max_seq_length=max_seq_length,
+            short_seq_prob=short_seq_prob,
+            dupe_factor=dupe_factor,
+            seed=seed,
+            salt=salt,
+            shuffle=False,
+            num_proc=num_proc,
+            document_ids=pool,
+        )
+        spans = spans.take(order.permutation(len(spans)))  # the unshuffled copy goes at once
+        yield pool, spans
+        del spans
+
+
+def assign_pools(document_tokens: np.ndarray, pool_tokens: int, seed: int, salt: str) -> list:
+    """The pools of a split: lists of positions in `document_tokens` (the tokens of each of the
+    split's documents, in corpus order), each increasing, together covering every document once.
+
+    One pool when the split has at most `pool_tokens` tokens. Else P = ceil(tokens / pool_tokens)
+    pools: the documents in a seeded random order are cut where the running token count passes
+    k * tokens / P, so each pool holds about tokens / P <= pool_tokens tokens (plus at most one
+    document that straddles the cut) and is a random sample of the split. Memory: a few int64
+    arrays of the split's document count."""
+    n = len(document_tokens)
+    total = int(np.sum(document_tokens))
+    num_pools = max(1, -(-total // pool_tokens))
+    if num_pools == 1 or n <= 1:
+        return [np.arange(n)]
+    order = np.random.default_rng([*_numpy_seed(seed, salt), 1]).permutation(n)
+    sizes = np.asarray(document_tokens, dtype=np.int64)[order]
+    first_token = np.cumsum(sizes) - sizes
+    pool_of = np.minimum(first_token * num_pools // total, num_pools - 1)
+    by_pool = np.argsort(pool_of, kind="stable")
+    bounds = np.searchsorted(pool_of[by_pool], np.arange(num_pools + 1))
+    pools = [np.sort(order[by_pool[lo:hi]]) for lo, hi in itertools.pairwise(bounds.tolist())]
+    return [p for p in pools if len(p)]
 
 
 def _pool(processes: int, init_args: tuple):
@@ -317,8 +444,26 @@ def pair_columns(
     Returns flat `input_ids` (int32) and `token_type_ids` (int8), the row offsets (int64, one more
     than the pairs) and `next_sentence_label` (int8).
     """
-    len_a = spans.a_end - spans.a_start
-    len_b = spans.b_end - spans.b_start
+    ids, types, offsets = pair_tokens(
+        tokens, spans.a_start, spans.a_end, spans.b_start, spans.b_end, cls_id, sep_id
+    )
+    return ids, types, offsets, spans.is_random_next.astype(np.int8)
+
+
+def pair_tokens(
+    tokens: np.ndarray,
+    a_start: np.ndarray,
+    a_end: np.ndarray,
+    b_start: np.ndarray,
+    b_end: np.ndarray,
+    cls_id: int = CLS_ID,
+    sep_id: int = SEP_ID,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`pair_columns` from the spans' arrays (N,): flat `input_ids` (int32, L = sum of the pair
+    lengths), `token_type_ids` (int8, L) and row offsets (int64, N + 1). Temporaries: three int64
+    arrays of L, so callers pass a bounded number of pairs at a time."""
+    len_a = a_end - a_start
+    len_b = b_end - b_start
     lengths = len_a + len_b + 3
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -328,10 +473,10 @@ def pair_columns(
     ids[starts] = cls_id
     ids[starts + 1 + len_a] = sep_id
     ids[offsets[1:] - 1] = sep_id
-    ids[_ranges(starts + 1, len_a)] = tokens[_ranges(spans.a_start, len_a)]
-    ids[_ranges(starts + 2 + len_a, len_b)] = tokens[_ranges(spans.b_start, len_b)]
+    ids[_ranges(starts + 1, len_a)] = tokens[_ranges(a_start, len_a)]
+    ids[_ranges(starts + 2 + len_a, len_b)] = tokens[_ranges(b_start, len_b)]
     types[_ranges(starts + 2 + len_a, len_b + 1)] = 1
-    return ids, types, offsets, spans.is_random_next.astype(np.int8)
+    return ids, types, offsets
 
 
 def create_pairs(

@@ -1,22 +1,25 @@
 """Sliced `bert-prep` (slurm/prep.sbatch): tokenize slices of the corpus in separate processes, then
 merge them into the one prepared directory a single-process build writes.
 
-Tokenization is most of bert-prep's work (demo corpus: 18 of 27 s; reading 4 s, pairs 4 s) and is
-per sentence, so the ids of a document do not depend on which process computes them. Slice k of N
-(`num_slices=N slice_index=k`) reads the corpus (every task numbers the documents the same way),
-tokenizes documents `[k*n//N, (k+1)*n//N)` and writes their ids to
-`<slices_dir>/slice-0000k-of-0000N/` (`ids.arrow`, `slice.json`). The merge (`num_slices=N`, no
-`slice_index`) concatenates the slices in order, which gives exactly the `list<list<int32>>` array a
-single build tokenizes, and runs the same split/pairs/shuffle/write code (`prepared.write_prepared`)
-on it: the output equals `bert-prep` without slices, pair for pair, and only manifest.json's
-`config.num_slices` / `config.slices_dir` tell them apart. Pair making stays in the merge because a
-"random next" segment may come from any document of the split (it uses `num_proc` workers).
+Tokenization is most of bert-prep's work and is per sentence, so the ids of a document do not
+depend on which process computes them. Slice k of N (`num_slices=N slice_index=k`) reads the
+corpus (every task numbers the documents the same way) one document at a time and tokenizes
+documents k, k+N, k+2N, … into its token store part (data_prep/token_store.py) in
+`<slices_dir>/slice-0000k-of-0000N/` (beside `slice.json`); taking every N-th document needs no
+count of the documents before reading, and balances the slices. The merge (`num_slices=N`, no
+`slice_index`) reads the N parts as one store, document i being document i // N of part i % N, so
+it sees exactly the store a single build writes, and runs the same split/pairs/shuffle/write code
+(`prepared.write_prepared`) on it: the output equals `bert-prep` without slices, pair for pair,
+and only manifest.json's `config.num_slices` / `config.slices_dir` tell them apart. Pair making
+stays in the merge because a "random next" segment may come from any document of its pool, which
+spans the whole split (it uses `num_proc` workers). Like a build, the merge keeps no tokens in
+memory beyond one pool's (data_prep/prepared.py).
 
 Slices, like the output, appear complete or not at all (`atomic_directory`) and are reused when a
 task runs again with the same config, tokenizer and corpus (a requeued or resubmitted array job
 redoes only what is missing); a slice task finds nothing to do once the merged output exists. The
 merge removes `slices_dir` when the output is in place. Like a single build, the merge records the
-size and sha256 of every Arrow shard in manifest.json's `files` (`prepared.shard_checksums`).
+size and sha256 of every Arrow shard in manifest.json's `files`.
 """
 
 from __future__ import annotations
@@ -32,15 +35,16 @@ from data_prep.prepared import (
     check_pairable,
     comparable_config,
     print_summary,
-    tokenize_documents,
-    tokenizer_threads,
+    tokenize_corpus,
     write_prepared,
 )
+from data_prep.token_store import TOKENS
 from pretrain.errors import UserError
 
-FORMAT_VERSION = 1
+# 2: token store parts (data_prep/token_store.py) of every N-th document; 1 held a contiguous
+# range of documents as one Arrow list<list<int32>> array (ids.arrow).
+FORMAT_VERSION = 2
 SLICE_INFO = "slice.json"
-IDS_FILE = "ids.arrow"
 
 
 def slices_dir(cfg: PrepAppConfig) -> Path:
@@ -52,9 +56,10 @@ def slice_dir(cfg: PrepAppConfig, index: int) -> Path:
     return slices_dir(cfg) / f"slice-{index:05d}-of-{cfg.num_slices:05d}"
 
 
-def slice_bounds(num_documents: int, num_slices: int, index: int) -> tuple[int, int]:
-    """Documents `[lo, hi)` of slice `index`: contiguous, in corpus order, sizes differing by <= 1."""
-    return num_documents * index // num_slices, num_documents * (index + 1) // num_slices
+def slice_documents(num_documents: int, num_slices: int, index: int) -> range:
+    """Corpus numbers of the documents slice `index` tokenizes: every `num_slices`-th from `index`
+    (sizes differ by at most one)."""
+    return range(index, num_documents, num_slices)
 
 
 def _identity(req: Request) -> dict[str, Any]:
@@ -70,7 +75,7 @@ def _identity(req: Request) -> dict[str, Any]:
 
 def _slice_matches(path: Path, req: Request, index: int) -> bool:
     info_file = path / SLICE_INFO
-    if not (info_file.is_file() and (path / IDS_FILE).is_file()):
+    if not (info_file.is_file() and (path / TOKENS).is_file()):
         return False
     info = read_json(info_file)
     return info.get("slice_index") == index and info.get("identity") == _identity(req)
@@ -79,10 +84,6 @@ def _slice_matches(path: Path, req: Request, index: int) -> bool:
 def build_slice(cfg: PrepAppConfig) -> Path:
     """Tokenize slice `cfg.slice_index` of `cfg.num_slices` into its folder (or reuse it); return
     the folder, or the output directory when it is already finished."""
-    import pyarrow as pa
-
-    from data_prep.corpus import read_corpus
-
     assert cfg.num_slices is not None and cfg.slice_index is not None
     req = Request.open(cfg)
     if req.finished():  # merged already (e.g. a requeued task): nothing left to do
@@ -92,37 +93,23 @@ def build_slice(cfg: PrepAppConfig) -> Path:
     if not cfg.force and _slice_matches(path, req, index):
         print(f"reusing slice {path} (same config, tokenizer and corpus)", flush=True)
         return path
-    corpus = read_corpus(cfg.corpus, req.sources)
-    num_documents = len(corpus.documents)
-    lo, hi = slice_bounds(num_documents, cfg.num_slices, index)
-    documents = corpus.documents[lo:hi]
-    read_s = time.perf_counter() - req.start
-    with tokenizer_threads(req.num_proc == 1):
-        if documents:
-            ids = tokenize_documents(
-                [d.sentences for d in documents], req.tokenizer_dir / "tokenizer.json", req.num_proc
-            )
-        else:  # more slices than documents
-            ids = pa.array([], type=pa.list_(pa.list_(pa.int32())))
-    info = {
-        "slice_index": index,
-        "documents": [lo, hi],
-        "num_documents": num_documents,
-        "num_multi_sentence_documents": sum(len(d.sentences) >= 2 for d in documents),
-        "num_bytes": sum(len(s.encode("utf-8")) for d in documents for s in d.sentences),
-        "sources": [s.info() for s in corpus.sources],
-        "identity": _identity(req),
-    }
     with atomic_directory(path) as tmp:
-        with pa.OSFile(str(tmp / IDS_FILE), "wb") as sink:
-            table = pa.table({"ids": ids})
-            with pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
+        counts = tokenize_corpus(req, tmp, cfg.num_slices, index)
+        info = {
+            "slice_index": index,
+            "num_documents": counts.num_documents,
+            "num_slice_documents": counts.num_tokenized,
+            "num_multi_sentence_documents": counts.num_multi_sentence,
+            "num_bytes": counts.num_bytes,
+            "sources": counts.sources,
+            "identity": _identity(req),
+        }
         write_json(tmp / SLICE_INFO, info)
     seconds = time.perf_counter() - req.start
     print(
-        f"slice {index + 1}/{cfg.num_slices}: documents {lo}-{hi - 1} of {num_documents} tokenized "
-        f"in {seconds:.1f} s (read {read_s:.1f} s) -> {path}",
+        f"slice {index + 1}/{cfg.num_slices}: documents {index}, {index + cfg.num_slices}, … "
+        f"({counts.num_tokenized} of {counts.num_documents}) read and tokenized in "
+        f"{seconds:.1f} s -> {path}",
         flush=True,
     )
     return path
@@ -131,7 +118,7 @@ def build_slice(cfg: PrepAppConfig) -> Path:
 def merge_slices(cfg: PrepAppConfig) -> Path:
     """Write the prepared directory from the `cfg.num_slices` finished slices (or reuse a finished
     one); the same directory `bert-prep` without slices writes."""
-    import pyarrow as pa
+    from data_prep.token_store import TokenStore
 
     assert cfg.num_slices is not None
     req = Request.open(cfg)
@@ -150,27 +137,23 @@ def merge_slices(cfg: PrepAppConfig) -> Path:
         )
     infos = [read_json(path / SLICE_INFO) for path in paths]
     num_documents = infos[0]["num_documents"]
-    expected = [list(slice_bounds(num_documents, cfg.num_slices, k)) for k in range(len(paths))]
-    if [i["documents"] for i in infos] != expected or any(
-        i["num_documents"] != num_documents for i in infos
+    if any(
+        i["num_documents"] != num_documents
+        or i["num_slice_documents"] != len(slice_documents(num_documents, cfg.num_slices, k))
+        for k, i in enumerate(infos)
     ):
         raise UserError(
             f"the slices in {slices_dir(cfg)} disagree on the corpus's documents; remove that "
             "folder and run the slices again"
         )
     check_pairable(cfg, num_documents, sum(i["num_multi_sentence_documents"] for i in infos))
-    # Memory-mapped; `combine_chunks` copies them into the one array a single build has.
-    chunks = [
-        chunk
-        for path in paths
-        for chunk in pa.ipc.open_file(pa.memory_map(str(path / IDS_FILE))).read_all()["ids"].chunks
-    ]
-    ids = pa.chunked_array(chunks, type=pa.list_(pa.list_(pa.int32()))).combine_chunks()
+    store = TokenStore(paths)
     read_s = time.perf_counter() - req.start
-    stats, pairs_s = write_prepared(req, ids, infos[0]["sources"])
+    with atomic_directory(out) as tmp:
+        stats = write_prepared(req, store, infos[0]["sources"], tmp)
     remove_tree(slices_dir(cfg))
     seconds = time.perf_counter() - req.start
-    timing = f"merged {cfg.num_slices} slices: read {read_s:.1f} s, pairs {pairs_s:.1f} s"
+    timing = f"merged {cfg.num_slices} slices: read {read_s:.1f} s, pairs + write {seconds - read_s:.1f} s"
     print_summary(out, sum(i["num_bytes"] for i in infos), stats, seconds, timing)
     return out
 

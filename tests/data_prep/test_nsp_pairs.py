@@ -12,10 +12,12 @@ from data_prep.pairs import (
     CLS_ID,
     SEP_ID,
     TokenizedDocuments,
+    assign_pools,
     create_pairs,
     document_pairs,
     make_pair_spans,
     pair_columns,
+    pooled_pair_spans,
 )
 
 
@@ -238,6 +240,96 @@ def test_from_lists_drops_empty():
     assert flat.tokens.tolist() == [1, 2, 3, 4]
     assert flat.sentence_offsets.tolist() == [0, 2, 3, 4]
     assert flat.document_offsets.tolist() == [0, 2, 3]
+
+
+def test_subset_takes_whole_documents(many_docs):
+    flat = TokenizedDocuments.from_lists(many_docs)
+    chosen = [0, 3, 4, 399]
+    got = flat.subset(np.array(chosen))
+    expected = TokenizedDocuments.from_lists([many_docs[k] for k in chosen])
+    for name in ("tokens", "sentence_offsets", "document_offsets"):
+        assert np.array_equal(getattr(got, name), getattr(expected, name)), name
+    assert flat.tokens_per_document().tolist() == [sum(map(len, d)) for d in many_docs]
+
+
+def test_assign_pools_is_a_seeded_balanced_partition():
+    sizes = np.random.default_rng(0).integers(1, 500, 1000)
+    pools = assign_pools(sizes, pool_tokens=int(sizes.sum()) // 7, seed=1, salt="train")
+    assert len(pools) == 8
+    assert np.array_equal(np.sort(np.concatenate(pools)), np.arange(1000))
+    assert all(np.all(np.diff(p) > 0) for p in pools)
+    per_pool = [int(sizes[p].sum()) for p in pools]
+    assert max(per_pool) <= sizes.sum() / 8 + sizes.max()  # at most one document over the share
+    again = assign_pools(sizes, pool_tokens=int(sizes.sum()) // 7, seed=1, salt="train")
+    other = assign_pools(sizes, pool_tokens=int(sizes.sum()) // 7, seed=1, salt="validation")
+    assert all(np.array_equal(a, b) for a, b in zip(pools, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(pools, other, strict=True))
+    # Pools are random samples of the split, not stretches of it.
+    assert all(p.min() < 100 and p.max() > 900 for p in pools)
+    (whole,) = assign_pools(sizes, pool_tokens=int(sizes.sum()), seed=1, salt="train")
+    assert np.array_equal(whole, np.arange(1000))
+
+
+def test_one_pool_gives_the_pairs_of_the_whole_split(many_docs):
+    flat = TokenizedDocuments.from_lists(many_docs)
+    kwargs = dict(max_seq_length=40, short_seq_prob=0.2, dupe_factor=2, seed=9, salt="train")
+    ((pool, pooled),) = pooled_pair_spans(
+        flat.subset, flat.tokens_per_document(), pool_tokens=flat.tokens.size, **kwargs
+    )
+    whole = make_pair_spans(flat, **kwargs)
+    assert np.array_equal(pool, np.arange(len(many_docs)))
+    for field in ("a_start", "a_end", "b_start", "b_end", "is_random_next", "document", "dupe"):
+        assert np.array_equal(getattr(pooled, field), getattr(whole, field)), field
+
+
+def test_pools_keep_googles_statistics():
+    """Cutting a split into 9 pools changes which documents random B's come from, not the
+    statistics: random-next fraction, short targets, A/B and pair lengths and the number of pairs
+    stay within 1% of one pool's (78,000 pairs: sampling noise is ~0.3%)."""
+    docs = synthetic_documents(2000, seed=0, max_sentence=15, max_sentences=40)
+    flat = TokenizedDocuments.from_lists(docs)
+    home = np.zeros(flat.tokens.max() + 1, dtype=np.int64)  # token id -> document
+    for d in range(flat.num_documents):
+        lo, hi = flat.sentence_offsets[flat.document_offsets[[d, d + 1]]]
+        home[flat.tokens[lo:hi]] = d
+    kwargs = dict(max_seq_length=32, short_seq_prob=0.1, dupe_factor=5, seed=0, salt="train")
+
+    def run(pool_tokens):
+        pools, spans, tokens = [], [], []
+        for pool, s in pooled_pair_spans(
+            flat.subset, flat.tokens_per_document(), pool_tokens=pool_tokens, **kwargs
+        ):
+            pools.append(pool)
+            spans.append(s)
+            tokens.append(flat.subset(pool).tokens)
+        return pools, spans, tokens
+
+    def stats(spans):
+        cat = lambda name: np.concatenate([getattr(s, name) for s in spans])  # noqa: E731
+        a, b = cat("a_end") - cat("a_start"), cat("b_end") - cat("b_start")
+        return {"pairs": len(a), "random next": cat("is_random_next").mean(),
+                "short target": cat("short_target").mean(), "A length": a.mean(),
+                "B length": b.mean(), "pair length": (a + b + 3).mean()}  # fmt: skip
+
+    _, (whole,), _ = run(flat.tokens.size)
+    pools, spans, tokens = run(flat.tokens.size // 8)
+    assert len(pools) == 9
+    one, many = stats([whole]), stats(spans)
+    assert one["pairs"] > 75_000
+    for key in one:
+        assert many[key] == pytest.approx(one[key], rel=0.01), key
+    # A document's own draws come first: its target length per pass is the same in any pool.
+    facts = zip(whole.document, whole.dupe, whole.short_target, strict=True)
+    short = {(d, p): s for d, p, s in facts}
+    for pool, s in zip(pools, spans, strict=True):
+        keys = zip(pool[s.document], s.dupe, s.short_target, strict=True)
+        assert all(short[(d, p)] == flag for d, p, flag in keys)
+    # A random B comes from another document of the same pool.
+    for pool, s, toks in zip(pools, spans, tokens, strict=True):
+        random_b = s.is_random_next
+        b_home = home[toks[s.b_start[random_b]]]
+        assert np.isin(b_home, pool).all()
+        assert (b_home != home[toks[s.a_start[random_b]]]).mean() > 0.99
 
 
 def test_bad_max_seq_length():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from data_prep.build import build
 from data_prep.config import CorpusConfig, compose
 from data_prep.corpus import read_corpus
 from data_prep.files import sha256_file
-from data_prep.prepared import split_documents
+from data_prep.prepared import WORK_DIR, split_documents, validation_mask
 from pretrain.errors import UserError
 
 
@@ -116,6 +118,11 @@ def test_manifest(built, english_tokenizer):
 
 
 def test_validation_documents_disjoint_from_train(built, english_corpus, english_tokenizer):
+    assert_pairs_from_own_split(built, english_corpus, english_tokenizer)
+
+
+def assert_pairs_from_own_split(out: Path, english_corpus: Path, english_tokenizer: Path) -> None:
+    """Every pair's A and B come from documents of the pair's split (checked by 6-grams)."""
     corpus = read_corpus(CorpusConfig(name="x", kind="files", paths=[str(english_corpus)]))
     train_idx, val_idx = split_documents(len(corpus.documents), 0.1, 12345)
     assert not set(train_idx) & set(val_idx)
@@ -126,7 +133,7 @@ def test_validation_documents_disjoint_from_train(built, english_corpus, english
         ids = tok.encode(" ".join(doc.sentences), add_special_tokens=False).ids
         for k in range(len(ids) - 5):
             owners[tuple(ids[k : k + 6])].add(index)
-    dd = datasets.load_from_disk(str(built))
+    dd = datasets.load_from_disk(str(out))
     for split, allowed in (("train", set(train_idx)), ("validation", set(val_idx))):
         checked = 0
         for ids in dd[split]["input_ids"]:
@@ -168,6 +175,40 @@ def test_tokenizer_mismatch(built, english_corpus, tmp_path):
     message = str(err.value)
     assert str(built) in message and str(other) in message
     assert "force=true" in message and "different output_dir" in message
+
+
+def test_manifest_from_before_pool_tokens_is_reused(
+    built, tmp_path, english_corpus, english_tokenizer
+):
+    """Builds made before `pool_tokens` existed paired each split as one pool, as the default
+    does for a corpus this size: they are reused, not refused as another config."""
+    old = tmp_path / "data" / built.name
+    shutil.copytree(built, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["config"]["pool_tokens"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert run(tmp_path, english_corpus, english_tokenizer) == old
+    assert "pool_tokens" not in json.loads((old / "manifest.json").read_text())["config"]
+
+
+def test_pools(built, english_corpus, english_tokenizer, tmp_path):
+    """A split larger than pool_tokens is paired in pools: the same data for any num_proc, every
+    pair's A and B from the split's own documents, the work files gone."""
+    one = run(tmp_path / "one", english_corpus, english_tokenizer, "pool_tokens=4000")
+    two = run(tmp_path / "two", english_corpus, english_tokenizer, "pool_tokens=4000", "num_proc=2")
+    splits = json.loads((one / "manifest.json").read_text())["splits"]
+    assert splits["train"]["num_pools"] >= 5 and splits["validation"]["num_pools"] >= 1
+    assert json.loads((built / "manifest.json").read_text())["splits"]["train"]["num_pools"] == 1
+    a, b = datasets.load_from_disk(str(one)), datasets.load_from_disk(str(two))
+    for split in ("train", "validation"):
+        assert a[split].data.table.equals(b[split].data.table)
+        assert len(a[split]) == splits[split]["num_pairs"]
+    assert not (one / WORK_DIR).exists()
+    assert_pairs_from_own_split(one, english_corpus, english_tokenizer)
+    whole = datasets.load_from_disk(str(built))
+    # Pools change the random B's, not the statistics (within sampling noise of ~2,000 pairs).
+    labels = np.array(a["train"]["next_sentence_label"])
+    assert abs(labels.mean() - np.mean(whole["train"]["next_sentence_label"])) < 0.05
 
 
 def test_num_proc_1_and_2_identical(built, english_corpus, english_tokenizer, tmp_path):
@@ -232,6 +273,14 @@ def test_single_sentence_documents_are_counted(tmp_path, english_tokenizer, engl
 
 
 def test_split_documents():
+    for n, fraction, seed in ((100, 0.05, 1), (1000, 0.1, 12345), (2, 0.5, 3)):
+        # The split of the earlier list-based shuffle, kept by the array-based one.
+        num_val = min(n - 1, max(1, round(n * fraction)))
+        order = list(range(n))
+        random.Random(f"{seed}/split").shuffle(order)
+        assert np.flatnonzero(validation_mask(n, fraction, seed)).tolist() == sorted(
+            order[:num_val]
+        )
     train, val = split_documents(100, 0.05, seed=1)
     assert len(val) == 5 and len(train) == 95 and not set(train) & set(val)
     assert split_documents(100, 0.05, seed=1) == (train, val) != split_documents(100, 0.05, seed=2)

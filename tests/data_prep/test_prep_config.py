@@ -74,6 +74,7 @@ def test_unknown_keys_and_options_are_refused_by_hydra(override):
         (["short_seq_prob=1.5"], "short_seq_prob must be in"),
         (["validation_fraction=0"], "validation_fraction must be in"),
         (["dupe_factor=0"], "dupe_factor must be in"),
+        (["pool_tokens=100"], r"pool_tokens must be >= max_seq_length \(128\).*got 100"),
         (["num_proc=0"], "num_proc must be"),
         (["corpus=files"], "corpus.paths is empty"),
         (["corpus=hf"], "corpus.dataset is empty"),

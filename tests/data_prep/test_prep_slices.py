@@ -12,7 +12,7 @@ from dp_helpers import assert_same_prepared, write_txt
 
 from data_prep.build import build
 from data_prep.config import PrepAppConfig, compose, to_object
-from data_prep.slices import slice_bounds, slice_dir
+from data_prep.slices import slice_dir, slice_documents
 from pretrain.errors import UserError
 
 
@@ -36,12 +36,11 @@ def single(tmp_path_factory, english_corpus, english_tokenizer) -> Path:
     return build(compose("prep", overrides(work, english_corpus, english_tokenizer)))
 
 
-def test_slice_bounds_cover_the_documents_in_order():
+def test_slices_cover_every_document_once():
     for n, parts in ((10, 3), (2, 5), (7, 7), (1000, 16)):
-        bounds = [slice_bounds(n, parts, k) for k in range(parts)]
-        assert bounds[0][0] == 0 and bounds[-1][1] == n
-        assert all(hi == lo for (_, hi), (lo, _) in itertools.pairwise(bounds))
-        assert max(hi - lo for lo, hi in bounds) - min(hi - lo for lo, hi in bounds) <= 1
+        slices = [slice_documents(n, parts, k) for k in range(parts)]
+        assert sorted(itertools.chain(*slices)) == list(range(n))
+        assert max(map(len, slices)) - min(map(len, slices)) <= 1
 
 
 def test_merged_slices_equal_a_single_build(single, tmp_path, english_corpus, english_tokenizer):
@@ -55,6 +54,17 @@ def test_merged_slices_equal_a_single_build(single, tmp_path, english_corpus, en
     args = overrides(tmp_path, english_corpus, english_tokenizer, "num_slices=3")
     assert build(compose("prep", [*args, "slice_index=1"])) == out
     assert not Path(f"{out}.slices").exists()
+
+
+def test_merged_slices_equal_a_single_build_in_pools(tmp_path, english_corpus, english_tokenizer):
+    """Pools draw documents from every slice's part; the merge still equals a single build."""
+    pools = "pool_tokens=6000"
+    one = build(
+        compose("prep", overrides(tmp_path / "one", english_corpus, english_tokenizer, pools))
+    )
+    many = sliced(tmp_path / "many", english_corpus, english_tokenizer, 4, pools, "num_proc=2")
+    assert json.loads((one / "manifest.json").read_text())["splits"]["train"]["num_pools"] > 1
+    assert_same_prepared(one, many)
 
 
 def test_more_slices_than_documents(tmp_path, english_docs, english_tokenizer):
@@ -73,12 +83,12 @@ def test_merge_names_missing_slices_and_reuses_finished_ones(
     with pytest.raises(UserError, match=r"2 of 4 slices are missing.*slice_index 1,3"):
         build(compose("prep", args))
     cfg = compose("prep", [*args, "slice_index=2"])
-    ids_file = slice_dir(to_object(cfg, PrepAppConfig), 2)
-    stamp = (ids_file / "ids.arrow").stat().st_mtime_ns
+    folder = slice_dir(to_object(cfg, PrepAppConfig), 2)
+    stamp = (folder / "tokens.bin").stat().st_mtime_ns
     capsys.readouterr()
     build(cfg)  # run again (a requeued task): reused, not rewritten
     assert "reusing slice" in capsys.readouterr().out
-    assert (ids_file / "ids.arrow").stat().st_mtime_ns == stamp
+    assert (folder / "tokens.bin").stat().st_mtime_ns == stamp
     # A slice of another config is not used by the merge.
     build(compose("prep", [*args, "slice_index=1"]))
     build(compose("prep", [*args, "slice_index=3", "short_seq_prob=0.5"]))
