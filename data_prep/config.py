@@ -204,7 +204,8 @@ class PrepAppConfig:
     # document of the same pool (data_prep/pairs.py): a split of up to this many tokens is one pool
     # (every document a candidate, as in one shard of Google's script); a larger one is cut into
     # random pools of at most about this size. Peak memory grows with it, not with the corpus:
-    # about 8 bytes per token at dupe_factor 5 (a 25M-token pool: 0.44 GB in all; docs/BENCHMARKS.md).
+    # 0.2 GB plus 8-15 bytes per token of a pool at dupe_factor 5 (0.4-0.7 GB at this default;
+    # docs/BENCHMARKS.md, "Data preparation").
     pool_tokens: int = 32_000_000
     # Seed of the train/validation split, the pairs and their order.
     seed: int = 12345
