@@ -35,13 +35,14 @@ every 20 steps on both sides; evaluation batch 128.
 
 What differs:
 
-- Batching: bert-finetune draws uniformly random batches (a seeded `RandomSampler`), each padded
-  to its longest row; the Trainer's `LengthGroupedSampler` shuffles, cuts the order into mega-
-  batches of min(50, n / (4 * batch)) batches, sorts each by length (longest batch first), so its
-  batches hold rows of similar length and less padding. The table shows each side's padded token
-  slots per epoch and the share of them that are real tokens (counted by the timing callback on
-  one side and by a function around `DataCollatorWithPadding` on the other: one sum per batch
-  each): a time difference may come from padding, not from the code.
+- Batching: both sides draw length-grouped batches, each padded to its longest row: the order is
+  shuffled, cut into mega-batches of 50 batches (the Trainer: min(50, n / (4 * batch))) and each
+  sorted by length, the longest batch first (bert-finetune's `group_by_length=true`, its default,
+  `pretrain/finetune/sampling.py`; the Trainer's `LengthGroupedSampler`). `--ours-random` runs
+  bert-finetune with `group_by_length=false` (uniformly random batches) instead. The table shows
+  each side's padded token slots per epoch and the share of them that are real tokens (counted by
+  the timing callback on one side and by a function around `DataCollatorWithPadding` on the
+  other: one sum per batch each): a time difference may come from padding, not from the code.
 - The random draws: head weights, dropout masks and data order come from each side's own seeded
   RNG stream, so the two runs are not the same trajectory; accuracy differences of a point or so
   at one seed are noise.
@@ -169,6 +170,7 @@ def ours_overrides(spec: dict, work_dir: Path) -> list[str]:
         *([f"task.max_train_examples={spec['train_limit']}"] if spec["train_limit"] else []),
         f"seed={spec['seed']}",
         f"batch_size={spec['batch']}",
+        f"group_by_length={str(spec['group_by_length']).lower()}",
         f"eval_batch_size={spec['eval_batch']}",
         f"trainer.max_epochs={spec['epochs']}",
         f"patience={spec['epochs']}",  # no early stop: every epoch trains, as on the other side
@@ -292,6 +294,11 @@ def main() -> None:
         help="AdamW kernel of both sides: fused (the Trainer's default) or auto (torch's default, "
         "bert-finetune's default)",
     )
+    p.add_argument(
+        "--ours-random",
+        action="store_true",
+        help="bert-finetune with group_by_length=false (uniformly random batches)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument(
         "--work-dir",
@@ -351,6 +358,7 @@ def main() -> None:
             "train_limit": args.train_limit,
             "max_seq_length": max_len,
             "batch": args.batch,
+            "group_by_length": not args.ours_random,
             "eval_batch": defaults.eval_batch_size,
             "epochs": args.epochs,
             "steps": steps,
@@ -379,7 +387,8 @@ def main() -> None:
             f"test {spec['examples']['test']} rows (token ids identical on both sides for all "
             f"{checked}); max {max_len} pieces, batch {args.batch}, {args.epochs} epoch(s) = "
             f"{steps} steps, lr {args.lr:g}, {warmup} warm-up steps, linear decay, weight decay "
-            f"{spec['weight_decay']}, AdamW {args.adamw}, seed {spec['seed']}; "
+            f"{spec['weight_decay']}, AdamW {args.adamw}, seed {spec['seed']}, bert-finetune "
+            f"batches {'random' if args.ours_random else 'length-grouped'}; "
             f"{args.rounds} round(s), order alternating"
         )
         print(

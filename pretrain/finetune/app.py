@@ -54,6 +54,7 @@ from pretrain.finetune.encoder import build_encoder, load_tokenizer
 from pretrain.finetune.hf_import import head_for_task
 from pretrain.finetune.lr_sweep import sweep, trial_length
 from pretrain.finetune.module import FinetuneModule, evaluate
+from pretrain.finetune.sampling import LengthGroupedSampler
 from pretrain.finetune.task_data import SPLITS, TaskData, load_task_data
 from pretrain.loggers import build_logger
 from pretrain.strategy import distribution_kwargs
@@ -94,7 +95,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
     def train_loader() -> DataLoader:
         # A new sampler each time: the run and every lr=auto trial see the same data order.
-        if world > 1:
+        if cfg.group_by_length:
+            sampler = LengthGroupedSampler(
+                [len(e.input_ids) for e in train_ds.items],
+                cfg.batch_size,
+                cfg.seed,
+                num_replicas=world,
+                rank=trainer.global_rank,
+            )
+        elif world > 1:
             sampler = DistributedSampler(
                 train_ds, num_replicas=world, rank=trainer.global_rank, shuffle=True, seed=cfg.seed
             )

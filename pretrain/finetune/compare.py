@@ -22,6 +22,7 @@ import json
 import statistics
 import sys
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 from pretrain.errors import UserError
@@ -184,8 +185,11 @@ def format_table(table: dict, seeds: list[int]) -> str:
     for task, row in table.items():
         flags = row.get("degenerate", {})
         per_seed = ", ".join(
-            f"{p:.3f}{_mark(flags, 'pretrained', s)} / {r:.3f}{_mark(flags, 'random', s)}"
-            for s, (p, r) in enumerate(zip(row["pretrained"], row["random"], strict=False))
+            " / ".join(
+                "-" if score is None else f"{score:.3f}{_mark(flags, init, s)}"
+                for init, score in zip(INITS, scores, strict=True)
+            )
+            for s, scores in enumerate(zip_longest(row["pretrained"], row["random"]))
         )
         means = {i: _mean_sd(row[i]) + (" *" if any(flags.get(i, [])) else "") for i in INITS}
         majority = f"{row['majority']:.4f}" if "majority" in row else "-"
@@ -208,6 +212,13 @@ def main(argv: list[str] | None = None) -> None:
         "--out-name", default="compare", help="runs go to <work-dir>/finetune/<out-name>/"
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument(
+        "--inits",
+        nargs="+",
+        default=list(INITS),
+        choices=list(INITS),
+        help="which arms to run (default both; one arm, e.g. for a sweep of settings)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--set",
@@ -227,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for task in args.tasks:
             for seed in args.seeds:
-                for init in INITS:
+                for init in args.inits:
                     results.append(run_one(task, init, seed, args, args.overrides, fingerprint))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

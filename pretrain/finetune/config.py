@@ -202,6 +202,10 @@ class FinetuneConfig:
     """Seeds the head, the random init, dropout and the data order."""
     batch_size: int = 32
     eval_batch_size: int = 128
+    group_by_length: bool = True
+    """Draw each training batch from examples of similar length (`pretrain/finetune/sampling.py`,
+    as `transformers.Trainer`'s `group_by_length`): less padding, faster epochs; false: uniformly
+    random batches. Measured: docs/BENCHMARKS.md ("Fine-tuning speed")."""
     num_workers: int = 0
     hidden_dropout: float | None = None
     attention_dropout: float | None = None

@@ -36,6 +36,22 @@ def test_summary_table_means_each_init_over_seeds():
     )
 
 
+def test_one_arm_alone_fills_the_other_with_dashes():
+    """`--inits pretrained` (a sweep of settings): the random arm's cells are empty, not dropped."""
+    runs = [
+        {
+            "task": "rt",
+            "metric": "accuracy",
+            "init": "pretrained",
+            "seed": s,
+            "test": {"accuracy": a},
+        }
+        for s, a in [(1, 0.70), (2, 0.80)]
+    ]
+    text = format_table(summarize(runs), [1, 2])
+    assert "| rt | accuracy | 0.7500 ± 0.0707 | - | 0.700 / -, 0.800 / - | - |" in text
+
+
 def test_accuracy_rows_show_the_majority_class_score(tmp_path):
     """An arm that answers one class scores the majority share: the table prints it beside."""
     seq = tmp_path / "seq.jsonl"

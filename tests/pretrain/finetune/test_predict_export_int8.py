@@ -22,7 +22,7 @@ from tests.pretrain.finetune.test_predict import predict, task_path
 def run(tiny_model, sequence_files, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("deploy")
     finetune_tiny(work, "task=sequence_classification", "task.name=kw",
-                  f"model_path={tiny_model}", "trainer.max_epochs=2", *sequence_files)  # fmt: skip
+                  f"model_path={tiny_model}", "trainer.max_epochs=3", *sequence_files)  # fmt: skip
     return work / "finetune" / "kw-pretrained-s1234"
 
 
