@@ -32,7 +32,7 @@ pretrain: prep ## Pretrain the demo bert-tiny on the CPU (32-token pairs, then 1
 	$(PYTHON) -m pretrain.train experiment=demo_phase1 work_dir=$(WORK)
 	$(PYTHON) -m pretrain.train experiment=demo work_dir=$(WORK)
 
-demo: pretrain ## The whole pipeline on a real corpus, on the CPU (~10 minutes on 2 cores, installs excluded)
+demo: pretrain ## The whole pipeline on a real corpus, on the CPU (~15 minutes on 2 cores, installs included)
 
 demo-full: prep ## The learning-quality recipe: 22 + 22 + 8 min three-phase pretraining, then pretrained vs random init downstream (~73 min)
 	$(PYTHON) -m data_prep.build work_dir=$(WORK) max_seq_length=32
