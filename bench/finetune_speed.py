@@ -282,7 +282,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, help="peak learning rate (default: bert-finetune's)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default: bert-finetune's for the model's width)",
+    )
     p.add_argument(
         "--max-seq-length", type=int, default=None, help="default: the task's (conf/task/)"
     )
@@ -320,15 +324,16 @@ def main() -> None:
         return
 
     # Only the parent reads the project's config: a child imports what its side needs.
-    from pretrain.finetune.config import FinetuneConfig
+    from pretrain.finetune.config import FinetuneConfig, default_lr
 
     defaults = FinetuneConfig()
-    args.lr = args.lr or defaults.optim.lr
     if args.model is None:
         p.error("--model is required: a bert-export directory (e.g. work/export/demo)")
     model = args.model.resolve()
     if not (model / "config.json").is_file() or not (model / "tokenizer.json").is_file():
         sys.exit(f"--model {model} is not a bert-export directory (config.json, tokenizer.json)")
+    model_cfg = json.loads((model / "config.json").read_text())
+    args.lr = args.lr or default_lr(model_cfg["hidden_size"])
     if importlib.util.find_spec("accelerate") is None:
         sys.exit("transformers' Trainer needs accelerate: pip install 'accelerate>=1.1.0'")
     if args.rounds < 1 or args.epochs < 1 or args.batch < 1:
@@ -341,7 +346,6 @@ def main() -> None:
     checked = check_token_ids(model, data.records, max_len)
     steps = math.ceil(len(data.records["train"]) / args.batch) * args.epochs
     warmup = defaults.schedule.warmup(steps)  # bert-finetune's rule: int(0.1 * steps)
-    model_cfg = json.loads((model / "config.json").read_text())
     with tempfile.TemporaryDirectory(prefix="finetune-speed-rows-") as rows_dir:
         for split in SPLITS:
             with open(Path(rows_dir) / f"{split}.jsonl", "w", encoding="utf-8") as f:

@@ -48,7 +48,13 @@ from pretrain.config import ScheduleConfig
 from pretrain.config_path import CONF_DIR
 from pretrain.errors import UserError, exit_on_user_error
 from pretrain.finetune import degenerate
-from pretrain.finetune.config import LR_AUTO, FinetuneConfig, register_configs, to_typed
+from pretrain.finetune.config import (
+    LR_AUTO,
+    FinetuneConfig,
+    default_lr,
+    register_configs,
+    to_typed,
+)
 from pretrain.finetune.data import Collator, encode
 from pretrain.finetune.encoder import build_encoder, load_tokenizer
 from pretrain.finetune.hf_import import head_for_task
@@ -152,6 +158,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         return module
 
     optim, lr_auto = cfg.optim, None
+    if cfg.optim.lr is None:  # the default: by the encoder's width
+        optim = replace(cfg.optim, lr=default_lr(model_cfg.hidden_size))
     if cfg.optim.lr == LR_AUTO:
 
         def train_trial(lr: float, steps: int, schedule: ScheduleConfig, scratch: Path):
@@ -217,6 +225,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "predictions": str(run_dir / "test_predictions.jsonl"),
     }
     notes = [f"  lr    {optim.lr:g}, chosen by optim.lr=auto"] if lr_auto else []
+    if cfg.optim.lr is None:
+        notes.append(f"  lr    {optim.lr:g}, the default for hidden size {model_cfg.hidden_size}")
     hint = degenerate.advice(optim.lr, cfg.trainer.max_epochs, lr_auto is not None)
     notes += degenerate.summary_lines(verdicts, hint)
     _write_results(result, predictions.get("test", []), run_dir, notes)

@@ -131,18 +131,35 @@ class FinetuneTrainerConfig:
 LR_AUTO = "auto"
 """The `optim.lr` that asks for a learning-rate sweep (`pretrain/finetune/lr_sweep.py`)."""
 
+LR_BY_WIDTH: tuple[tuple[int, float], ...] = ((128, 1e-3), (256, 3e-4), (512, 1e-4), (768, 5e-5))
+"""`optim.lr`'s default by the encoder's hidden size (the first row whose width is >= it); wider
+models take `LR_WIDEST`. Narrow models need larger rates. 128 (bert-tiny) is measured: the best of
+1e-4 to 3e-3 on both of the project's tasks, with 1,000 reviews and with WNUT-16's 1,915 sentences
+(docs/RESULTS.md, "Fine-tuning defaults"). 768 is the top of BERT-base's own range (2e-5 to 5e-5,
+Devlin et al.); 256 and 512 sit between, not measured here."""
+LR_WIDEST = 3e-5
+
+
+def default_lr(hidden_size: int) -> float:
+    """The peak fine-tuning learning rate for an encoder `hidden_size` wide (`LR_BY_WIDTH`)."""
+    for width, lr in LR_BY_WIDTH:
+        if hidden_size <= width:
+            return lr
+    return LR_WIDEST
+
 
 @dataclass
 class FinetuneOptimConfig(OptimConfig):
     """Pretraining's `optim.*` (`pretrain/config.py:OptimConfig`), whose `lr` may also be `auto`:
     a short sweep over `lr_auto_grid` picks the peak learning rate before the run."""
 
-    # A number or the word `auto`; an int (`optim.lr=1`) or a numeric string (a YAML file's
-    # `1e-4` without a dot) becomes a float in __post_init__.
-    lr: float | int | str = OptimConfig.lr
-    """Peak learning rate, reached at the end of warm-up; `auto`: the best of `lr_auto_grid` by
-    the task's dev metric after `lr_auto_epochs` of training each (costs len(grid) ×
-    lr_auto_epochs epochs; see README "Fine-tuning")."""
+    # A number, the word `auto` or null; an int (`optim.lr=1`) or a numeric string (a YAML
+    # file's `1e-4` without a dot) becomes a float in __post_init__.
+    lr: float | int | str | None = None
+    """Peak learning rate, reached at the end of warm-up; null (the default): by the model's width
+    (`default_lr`: 1e-3 for bert-tiny's 128 down to 5e-5 for bert-base's 768); `auto`: the best of
+    `lr_auto_grid` by the task's dev metric after `lr_auto_epochs` of training each (costs
+    len(grid) × lr_auto_epochs epochs; see README "Fine-tuning")."""
     lr_auto_grid: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4, 1e-3])
     """Learning rates `lr=auto` tries: half-decades from BERT-base's fine-tuning range (2e-5 to
     5e-5) to what bert-tiny-sized models need (3e-4 to 1e-3)."""
@@ -171,10 +188,10 @@ class FinetuneOptimConfig(OptimConfig):
                 f"optim.lr_auto_epochs must be positive (a fraction of an epoch, e.g. 0.5), "
                 f"got {self.lr_auto_epochs}"
             )
-        # OptimConfig checks the other fields, and lr as a number: for `auto`, the grid's
-        # smallest (checked positive above) stands in while it does.
+        # OptimConfig checks the other fields, and lr as a number: for `auto` and null, the
+        # grid's smallest (checked positive above) stands in while it does.
         peak = self.lr
-        if peak == LR_AUTO:
+        if peak is None or peak == LR_AUTO:
             self.lr = min(self.lr_auto_grid)
         try:
             super().__post_init__()

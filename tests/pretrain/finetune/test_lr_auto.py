@@ -10,6 +10,7 @@ import pytest
 
 from pretrain.config import ScheduleConfig
 from pretrain.errors import UserError
+from pretrain.finetune.config import FinetuneConfig, default_lr
 from pretrain.finetune.lr_sweep import RECORD, best_trial, trial_length
 from tests.finetune_rows import finetune_config, finetune_tiny
 
@@ -80,3 +81,13 @@ def test_lr_auto_end_to_end(tiny_model, sequence_files, tmp_path, capsys):
     # From the same weights, head and data order: the run is the one at the chosen lr.
     assert plain["lr_auto"] is None and plain["lr"] == record["chosen"]
     assert result["test"] == plain["test"] and result["dev"] == plain["dev"]
+
+
+def test_the_default_lr_follows_the_models_width(tiny_model, sequence_files, tmp_path, capsys):
+    assert [default_lr(h) for h in (128, 256, 512, 768, 1024)] == [1e-3, 3e-4, 1e-4, 5e-5, 3e-5]
+    assert FinetuneConfig().optim.lr is None  # the schema's default (the tests' runs set 1e-3)
+    result = finetune_tiny(tmp_path, "task=sequence_classification", f"model_path={tiny_model}",
+                           "task.name=default", "trainer.max_epochs=1", "optim.lr=null",
+                           "task.max_train_examples=32", *sequence_files)  # fmt: skip
+    assert result["lr"] == 1e-3  # the test model is bert-tiny-wide (128)
+    assert "  lr    0.001, the default for hidden size 128" in capsys.readouterr().out
