@@ -96,7 +96,10 @@ class TaskConfig:
 class FinetuneTrainerConfig:
     """Lightning Trainer settings of a fine-tuning run (epoch-based, unlike pretraining's)."""
 
-    max_epochs: int = 3
+    max_epochs: int = 10
+    """Epochs at most; early stopping (`patience`) ends a run whose dev metric stopped improving.
+    10, not BERT's 3: on small data a bert-tiny needs the steps (3 epochs of 1,000 reviews or of
+    WNUT-16 learned nothing at any lr tried; docs/RESULTS.md, "Fine-tuning defaults")."""
     accelerator: str = "auto"
     devices: Any = 1
     num_nodes: int = 1
@@ -243,7 +246,7 @@ class FinetuneConfig:
     """Token tasks: `softmax`, each word's label on its own (cross-entropy at its first piece), or
     `crf`, a linear-chain CRF over the words (`pretrain/finetune/crf.py`: learned transitions,
     BIO enforced, Viterbi decoding). A `crf` run does not export to transformers."""
-    patience: int = 2
+    patience: int = 3
     """Early stopping: epochs without a better dev metric before stopping."""
     task: TaskConfig = field(default_factory=TaskConfig)
     # `auto` (torch's own choice of AdamW kernel) is what fine-tuning has always run; the other

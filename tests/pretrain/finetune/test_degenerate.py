@@ -124,3 +124,21 @@ def test_compare_marks_degenerate_runs_and_keeps_their_scores():
     assert text.endswith(DEGENERATE_NOTE) and DEGENERATE_NOTE.startswith("* degenerate run:")
     clean = summarize([run("pretrained", 1, 0.7, False), run("random", 1, 0.6, False)])
     assert "degenerate" not in clean["rt"] and "*" not in format_table(clean, [1])
+
+
+def test_early_stopping_waits_out_degenerate_epochs():
+    """Five epochs of a tagger that finds nothing (F1 0), then it learns: plain early stopping with
+    patience 3 ends the run at the fourth epoch; the run's own stops only once it has learned and
+    then stalled for 3 epochs."""
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from pretrain.finetune.app import PatientPastDegenerate
+
+    scores = [0.0] * 5 + [0.1, 0.2, 0.2, 0.2, 0.2]
+    flags = iter([True] * 5 + [False] * 5)
+    ours = PatientPastDegenerate(lambda: next(flags), monitor="dev/f1", mode="max", patience=3)
+    plain = EarlyStopping(monitor="dev/f1", mode="max", patience=3)
+    stops = [ours._evaluate_stopping_criteria(torch.tensor(s))[0] for s in scores]
+    assert stops.index(True) == 9 and ours.best_score == 0.2
+    assert [plain._evaluate_stopping_criteria(torch.tensor(s))[0] for s in scores].index(True) == 3

@@ -110,15 +110,15 @@ def test_the_schedule_spans_the_runs_steps_and_a_warmup_as_long_is_refused(
     tiny_model, sequence_files, tmp_path
 ):
     cfg = FinetuneConfig(model_path="m", batch_size=16)
-    assert optimizer_steps(cfg, 256, world=1) == 16 * 3  # 3 epochs by default
-    assert optimizer_steps(cfg, 256, world=2) == 8 * 3
+    assert optimizer_steps(cfg, 256, world=1) == 16 * 10  # 10 epochs by default
+    assert optimizer_steps(cfg, 256, world=2) == 8 * 10
     short = FinetuneConfig(model_path="m", batch_size=16,
                            trainer=FinetuneTrainerConfig(max_epochs=2, limit_train_batches=3))  # fmt: skip
     assert optimizer_steps(short, 256, world=1) == 6
     constant = FinetuneConfig(
         model_path="m", schedule=ScheduleConfig(name="constant", warmup_steps=99)
     )
-    assert optimizer_steps(constant, 256, world=1) == 8 * 3  # all warm-up, nothing to decay
+    assert optimizer_steps(constant, 256, world=1) == 8 * 10  # all warm-up, nothing to decay
     with pytest.raises(UserError) as err:
         finetune_tiny(tmp_path, "task=sequence_classification", "task.name=w",
                       f"model_path={tiny_model}", "trainer.max_epochs=1",
