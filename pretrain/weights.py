@@ -45,6 +45,12 @@ def newest_checkpoint(run_dir: Path) -> Path:
     if (ckpt_dir / "last.ckpt").exists():
         return ckpt_dir / "last.ckpt"
     steps = sorted(ckpt_dir.glob("step*.ckpt"))
+    if not steps and (ckpt_dir / "best.ckpt").is_file() and (run_dir / "labels.json").is_file():
+        raise UserError(
+            f"{run_dir} is a bert-finetune run, not a pretraining run; export it first "
+            f"(bert-export checkpoint={run_dir} output_dir=DIR) and give model=DIR "
+            "(with init=finetuned to keep its trained head)"
+        )
     if not steps:
         raise UserError(
             f"run directory {run_dir} has no checkpoint under checkpoints/; train it first"

@@ -133,6 +133,10 @@ def test_the_head_follows_the_tasks_label_order_and_a_different_label_set_is_ref
     ):  # fmt: skip
         with pytest.raises(UserError, match=says):
             head_for_task(*args)
+    # a fine-tuned run directory itself is not a model to start from: export it first
+    with pytest.raises(UserError, match=r"is a bert-finetune run, not a pretraining run; export"):
+        finetune_tiny(tmp_path, "task=sequence_classification", "task.name=kw",
+                      f"model_path={run}", *sequence_files)  # fmt: skip
     # the same refusal from bert-finetune itself, before anything is trained
     with pytest.raises(UserError, match=r"the task's labels .* are not model="):
         finetune_tiny(tmp_path, "task=sequence_classification", "task.name=kw",
