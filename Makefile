@@ -66,7 +66,7 @@ gpu-check: install ## On a CUDA machine: the GPU tests, then bert-base/large bf1
 bench-loader: install ## Loader samples/s per worker at seq 128 and 512 beside the GPU rate, and vs training steps
 	$(PYTHON) bench/loader.py
 
-# 10 and 100 MB corpora made from the demo text, num_proc 1 and 2; the 1 GB corpus (~20 minutes on
+# 10 and 100 MB corpora made from the demo text, num_proc 1 and 2; the 1 GB corpus (6-9 minutes on
 # 2 cores): make bench-prep BENCH_PREP_ARGS="--sizes 1000 --num-proc 2"
 BENCH_PREP_ARGS ?= --sizes 10 100 --num-proc 1 2
 bench-prep: tokenizer ## bert-prep wall time, MB/s and peak RSS on 10 MB-1 GB corpora (docs/BENCHMARKS.md)
