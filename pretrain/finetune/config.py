@@ -225,7 +225,8 @@ class FinetuneConfig:
     group_by_length: bool = True
     """Draw each training batch from examples of similar length (`pretrain/finetune/sampling.py`,
     as `transformers.Trainer`'s `group_by_length`): less padding, faster epochs; false: uniformly
-    random batches. Measured: docs/BENCHMARKS.md ("Fine-tuning speed")."""
+    random batches. Measured: docs/BENCHMARKS.md ("Fine-tuning: `bert-finetune` against
+    `transformers.Trainer`")."""
     num_workers: int = 0
     hidden_dropout: float | None = None
     attention_dropout: float | None = None

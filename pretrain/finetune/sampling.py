@@ -3,9 +3,11 @@
 Batches are padded to their longest member (`data.Collator`), so a random batch of short reviews
 with one long one costs as much as a batch of long ones. Like `transformers.Trainer`'s
 `group_by_length`: shuffle, cut the order into mega-batches of `megabatch_batches` batches (50,
-fewer on small data so that there are at least four), sort each by length (longest first), and put the mega-batch holding the longest example first so that
-a run that does not fit in memory fails on its first step. The batches stay random at the scale of
-a mega-batch, which is what SGD needs; their lengths, not their labels, are grouped.
+fewer on small data so that there are at least four), sort each by length (longest first), and
+put the mega-batch holding the longest example first so that a run that does not fit in memory
+fails on its first step. The batches stay random at the scale of a mega-batch; their lengths, not
+their labels, are grouped (labels that go with length do gather in batches: on small data the
+mega-batches stay small for that reason).
 
 With several ranks the order is built over global batches (`batch_size × num_replicas` examples of
 similar length) and each rank takes its contiguous share of every global batch, so no rank waits on
